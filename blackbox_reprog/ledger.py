@@ -1,0 +1,89 @@
+"""The ledger: the one place that counts queries and enforces the budget.
+
+A *query* is one example sent to the model; a *call* is one request (a batch split into
+several calls is several calls). Every query is booked under a purpose. The budget covers
+every purpose except ``test``: the final test pass is reported beside the budget, not in it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import Backend, Prediction
+
+PURPOSES: tuple[str, ...] = ("train", "label-map", "validate", "test")
+UNBUDGETED: frozenset[str] = frozenset({"test"})
+
+
+class BudgetExceeded(RuntimeError):
+    """A call was refused because it would have spent more than the budget (nothing was sent)."""
+
+
+@dataclass
+class Tally:
+    queries: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"queries": self.queries, "calls": self.calls, "seconds": round(self.seconds, 3)}
+
+
+class Ledger:
+    """Wraps a backend; every query goes through ``query(x, purpose)``."""
+
+    def __init__(self, backend: Backend, budget: int | None):
+        if budget is not None and budget < 0:
+            raise ValueError(f"expected a budget of 0 or more queries, got {budget}")
+        self.backend = backend
+        self.budget = budget
+        self.tallies = {purpose: Tally() for purpose in PURPOSES}
+
+    @property
+    def spent(self) -> int:
+        """Queries that count against the budget."""
+        return sum(t.queries for p, t in self.tallies.items() if p not in UNBUDGETED)
+
+    @property
+    def remaining(self) -> int | float:
+        return float("inf") if self.budget is None else self.budget - self.spent
+
+    def can_afford(self, queries: int, purpose: str = "train") -> bool:
+        return purpose in UNBUDGETED or queries <= self.remaining
+
+    def query(self, x: np.ndarray, purpose: str) -> Prediction:
+        if purpose not in self.tallies:
+            raise ValueError(f"expected a purpose among {', '.join(PURPOSES)}, got {purpose!r}")
+        self.backend.input_spec.check(x)
+        if not self.can_afford(len(x), purpose):
+            raise BudgetExceeded(
+                f"a {purpose} call of {len(x)} queries would exceed the budget "
+                f"({self.spent} of {self.budget} spent)")
+        started = time.perf_counter()
+        prediction = self.backend.query(x)
+        tally = self.tallies[purpose]
+        tally.queries += len(x)
+        tally.calls += self.backend.calls_for(len(x))
+        tally.seconds += time.perf_counter() - started
+        return prediction
+
+    def summary(self) -> dict:
+        """Per purpose and in total: queries, calls, seconds; plus the budget."""
+        out = {purpose: tally.as_dict() for purpose, tally in self.tallies.items()}
+        out["total"] = {
+            "queries": sum(t.queries for t in self.tallies.values()),
+            "calls": sum(t.calls for t in self.tallies.values()),
+            "seconds": round(sum(t.seconds for t in self.tallies.values()), 3),
+        }
+        out["budgeted"] = self.spent
+        out["budget"] = self.budget
+        return out
+
+    def state_dict(self) -> dict:
+        return {p: t.as_dict() for p, t in self.tallies.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for purpose, values in state.items():
+            self.tallies[purpose] = Tally(**values)

@@ -1,0 +1,86 @@
+"""A finished run's learned program, reloaded from its folder to evaluate or predict."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_module
+from .backend import Backend
+from .config import RunConfig, load_config
+from .label_maps import LabelMap, target_accuracy
+from .ledger import Ledger
+from .outputs import source_log_probs
+from .registry import create_backend
+from .transforms import Transform
+
+
+@dataclass
+class Program:
+    config: RunConfig
+    backend: Backend
+    transform: Transform
+    label_map: LabelMap
+    theta: torch.Tensor
+    classes: list[str]
+    chunk: int = 256
+
+    def target_logits(self, x: np.ndarray, ledger: Ledger, purpose: str) -> torch.Tensor:
+        """(N, ...) targets → (N, K) target-class logits, in calls of at most ``chunk``."""
+        parts = []
+        for i in range(0, len(x), self.chunk):
+            with torch.no_grad():
+                inputs = self.transform(self.theta[None], torch.as_tensor(x[i:i + self.chunk]))[0]
+            prediction = ledger.query(inputs.numpy().astype(self.backend.input_spec.dtype), purpose)
+            parts.append(self.label_map(source_log_probs(prediction)))
+        return torch.cat(parts)
+
+    def evaluate(self, data_name: str | None = None) -> dict:
+        splits = data_module.make_splits(data_name or self.config.data.name,
+                                         validation_fraction=self.config.data.validation_fraction,
+                                         test_fraction=self.config.data.test_fraction, seed=self.config.seed)
+        self._check_targets(splits.test.x)
+        ledger = Ledger(self.backend, None)
+        logits = self.target_logits(splits.test.x, ledger, "test")
+        return {"data": data_name or self.config.data.name, "examples": len(splits.test),
+                "test_accuracy": target_accuracy(logits, torch.as_tensor(splits.test.y)),
+                "queries": ledger.summary()["test"]["queries"]}
+
+    def predict(self, x: np.ndarray) -> tuple[list[str], int]:
+        """Original target labels for a batch of target examples, and the queries spent."""
+        self._check_targets(x)
+        ledger = Ledger(self.backend, None)
+        logits = self.target_logits(x.astype(np.float32), ledger, "test")
+        return [self.classes[i] for i in logits.argmax(dim=1).tolist()], ledger.summary()["test"]["queries"]
+
+    def predict_dataset(self, name_or_path: str) -> tuple[list[str], int]:
+        """Predict a dataset's test split (or its only split), or the ``x`` array of an .npz."""
+        path = Path(name_or_path)
+        if path.suffix == ".npz" and path.is_file():
+            with np.load(path, allow_pickle=False) as arrays:
+                if "x" in arrays and "y" not in arrays:
+                    return self.predict(arrays["x"])
+        train, test = data_module.load(name_or_path)
+        return self.predict((test if test is not None else train).x)
+
+    def _check_targets(self, x: np.ndarray) -> None:
+        if tuple(x.shape[1:]) != self.transform.target_shape:
+            raise ValueError(f"expected target examples of shape {self.transform.target_shape}, "
+                             f"got {tuple(x.shape[1:])}")
+
+
+def load_program(run_dir: str | Path) -> Program:
+    from .runner import build_program
+    run_dir = Path(run_dir)
+    if not (run_dir / "program.pt").is_file():
+        raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
+    config = load_config(run_dir / "config.toml")
+    saved = torch.load(run_dir / "program.pt", map_location="cpu", weights_only=True)
+    backend = create_backend(config.backend.name, config.backend.model, **config.backend.options)
+    splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
+                                     test_fraction=config.data.test_fraction, seed=config.seed)
+    transform, label_map = build_program(config, backend, splits.train)
+    label_map.load_state_dict(saved["label_map"])
+    return Program(config, backend, transform, label_map, saved["theta"], list(saved["classes"]))

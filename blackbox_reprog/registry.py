@@ -1,0 +1,59 @@
+"""Backend plugins, found through the ``blackbox_reprog.backends`` entry-point group.
+
+A third party registers a backend with one line of its pyproject::
+
+    [project.entry-points."blackbox_reprog.backends"]
+    mybackend = "my_package:MyBackend"
+
+The class is built with ``MyBackend.from_config(model, **options)``. Entry points are read
+once; a plugin that fails to import is reported, not fatal.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+from importlib.metadata import entry_points
+
+from .backend import Backend
+
+GROUP = "blackbox_reprog.backends"
+
+
+class UnknownBackend(LookupError):
+    """No installed plugin has that name."""
+
+
+@functools.cache
+def installed() -> dict[str, object]:
+    """name → entry point, for every installed backend plugin."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def describe_installed() -> list[dict]:
+    """One row per plugin: name, where it comes from, and whether it imports."""
+    rows = []
+    for name, ep in sorted(installed().items()):
+        try:
+            cls = ep.load()
+            rows.append({"name": name, "target": ep.value, "status": "ok",
+                         "description": (cls.__doc__ or "").strip().splitlines()[0]})
+        except Exception as error:                                  # a broken plugin warns
+            rows.append({"name": name, "target": ep.value, "status": f"fails to import: {error}",
+                         "description": ""})
+    return rows
+
+
+def backend_class(name: str) -> type[Backend]:
+    plugins = installed()
+    if name not in plugins:
+        close = difflib.get_close_matches(name, list(plugins), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownBackend(f"unknown backend {name!r}; {hint}installed: {', '.join(sorted(plugins)) or 'none'}")
+    try:
+        return plugins[name].load()
+    except Exception as error:
+        raise UnknownBackend(f"backend {name!r} is installed but fails to import: {error}") from None
+
+
+def create_backend(name: str, model: str, **options) -> Backend:
+    return backend_class(name).from_config(model, **options)

@@ -1,0 +1,181 @@
+"""The one training loop: batch → perturb → transform → query → map → loss → step.
+
+Every query goes through the ledger. Model selection uses the validation split only; the test
+split is touched twice, at the very start (zero program) and at the very end (best program).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .backend import Backend
+from .data import Dataset
+from .estimators import Estimator
+from .label_maps import LabelMap, target_accuracy
+from .ledger import Ledger
+from .outputs import source_log_probs
+from .transforms import Transform
+
+
+class BudgetTooSmall(ValueError):
+    """The budget cannot pay for one step; refused before any query."""
+
+
+@dataclass
+class TrainingResult:
+    theta: torch.Tensor                 # (d,) the program chosen on validation
+    label_map: LabelMap
+    history: list[dict]                 # one row per step
+    start_accuracy: float               # test accuracy of the zero program, same map
+    test_accuracy: float
+    best_validation_accuracy: float
+    best_step: int
+    steps: int
+    ledger: dict
+    wall_seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Holds the components of one run; ``fit`` trains and returns a TrainingResult."""
+
+    eval_chunk = 256  # examples per evaluation call, to bound memory on large canvases
+
+    def __init__(self, *, backend: Backend, transform: Transform, label_map: LabelMap, loss,
+                 estimator: Estimator, make_step_rule: Callable, train: Dataset, validation: Dataset,
+                 test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
+                 eval_every: int = 10, seed: int = 0,
+                 on_step: Callable[[dict], None] | None = None,
+                 on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0):
+        self.backend, self.transform, self.label_map = backend, transform, label_map
+        self.loss, self.estimator = loss, estimator
+        self.train_set, self.validation, self.test = train, validation, test
+        self.batch_size = min(int(batch_size), len(train))
+        self.max_steps, self.eval_every, self.seed = int(max_steps), max(int(eval_every), 1), int(seed)
+        self.on_step, self.on_checkpoint = on_step, on_checkpoint
+        self.checkpoint_every = int(checkpoint_every)
+        self.ledger = Ledger(backend, budget)
+
+        self.step_cost = estimator.population * self.batch_size
+        self.map_cost = len(train) if label_map.needs_fit else 0
+        self.validation_cost = len(validation)
+        # the smallest useful run: fit the map, validate the zero program, one step, validate it
+        minimum = self.map_cost + self.step_cost + 2 * self.validation_cost
+        if budget < minimum:
+            raise BudgetTooSmall(
+                f"expected a budget of at least {minimum} queries (label map {self.map_cost}, one step "
+                f"{self.step_cost} = {estimator.population} programs × batch {self.batch_size}, two "
+                f"validation passes of {self.validation_cost}), got {budget}")
+
+        self.theta = torch.zeros(transform.num_params, requires_grad=True)
+        self.step_rule, self.schedule = make_step_rule([self.theta])
+
+    # ---- queries -------------------------------------------------------------------------
+    def _log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
+        """thetas (P, d), x (B, ...) → (P, B, C) source log-probabilities, one batched call."""
+        with torch.no_grad():
+            inputs = self.transform(thetas, x)                       # (P, B, *source_shape)
+        flat = inputs.reshape(-1, *inputs.shape[2:]).numpy().astype(self.backend.input_spec.dtype)
+        prediction = self.ledger.query(flat, purpose)
+        return source_log_probs(prediction).view(len(thetas), len(x), -1)
+
+    def _dataset_log_probs(self, theta: torch.Tensor, data: Dataset, purpose: str) -> torch.Tensor:
+        """(N, C) source log-probabilities of a whole split under one program."""
+        x = torch.as_tensor(data.x)
+        parts = [self._log_probs(theta.detach()[None], x[i:i + self.eval_chunk], purpose)[0]
+                 for i in range(0, len(x), self.eval_chunk)]
+        return torch.cat(parts)
+
+    def accuracy(self, theta: torch.Tensor, data: Dataset, purpose: str) -> float:
+        logits = self.label_map(self._dataset_log_probs(theta, data, purpose))
+        return target_accuracy(logits, torch.as_tensor(data.y))
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> TrainingResult:
+        started = time.perf_counter()
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        order_rng = np.random.default_rng(self.seed)
+        x_train = torch.as_tensor(self.train_set.x)
+        y_train = torch.as_tensor(self.train_set.y)
+
+        if self.label_map.needs_fit:
+            zero = torch.zeros(self.transform.num_params)
+            self.label_map.fit(self._dataset_log_probs(zero, self.train_set, "label-map"), y_train)
+        start_accuracy = self.accuracy(self.theta, self.test, "test")
+
+        best = {"accuracy": -1.0, "theta": self.theta.detach().clone(), "map": self.label_map.state_dict(), "step": 0}
+        self._validate(0, best)
+
+        steps_per_epoch = math.ceil(len(self.train_set) / self.batch_size)
+        stream: list[int] = []
+        epoch_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        history: list[dict] = []
+        step = 0
+        while self._can_step(step):
+            if len(stream) < self.batch_size:
+                stream.extend(order_rng.permutation(len(self.train_set)).tolist())
+            index, stream = stream[: self.batch_size], stream[self.batch_size:]
+            xb, yb = x_train[index], y_train[index]                  # (B, ...), (B,)
+
+            thetas = self.estimator.propose(self.theta.detach(), generator)  # (P, d)
+            log_probs = self._log_probs(thetas, xb, "train")         # (P, B, C)
+            losses = self.loss(self.label_map(log_probs), yb)        # (P,)
+            step += 1
+            row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
+            if torch.isfinite(losses).all():                         # never feed NaN/inf to a step rule
+                self.step_rule.zero_grad()
+                self.theta.grad = self.estimator.estimate(losses)
+                self.step_rule.step()
+                self.schedule.step()
+            else:
+                row["skipped"] = "non-finite loss"
+            if self.label_map.refit_each_epoch:
+                # outputs around θ, already paid for: refitting the map costs no query
+                epoch_outputs.append((log_probs.exp().mean(dim=0).log(), yb))
+                if step % steps_per_epoch == 0:
+                    self.label_map.fit(torch.cat([o for o, _ in epoch_outputs]), torch.cat([t for _, t in epoch_outputs]))
+                    epoch_outputs.clear()
+            if step % self.eval_every == 0 or not self._can_step(step):
+                row["val_accuracy"] = self._validate(step, best)
+                row["queries"] = self.ledger.spent
+            history.append(row)
+            if self.on_step:
+                self.on_step(row)
+            if self.on_checkpoint and self.checkpoint_every and step % self.checkpoint_every == 0:
+                self.on_checkpoint(self.state_dict(step, best))
+
+        self.label_map.load_state_dict(best["map"])
+        test_accuracy = self.accuracy(best["theta"], self.test, "test")
+        return TrainingResult(
+            theta=best["theta"], label_map=self.label_map, history=history,
+            start_accuracy=start_accuracy, test_accuracy=test_accuracy,
+            best_validation_accuracy=best["accuracy"], best_step=best["step"], steps=step,
+            ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started)
+
+    def _can_step(self, step: int) -> bool:
+        """Another step, and the validation that follows the last one, must both be affordable."""
+        if self.max_steps and step >= self.max_steps:
+            return False
+        return self.ledger.can_afford(self.step_cost + self.validation_cost)
+
+    def _validate(self, step: int, best: dict) -> float | None:
+        if not self.ledger.can_afford(self.validation_cost, "validate"):
+            return None
+        accuracy = self.accuracy(self.theta, self.validation, "validate")
+        if accuracy > best["accuracy"]:
+            best.update(accuracy=accuracy, theta=self.theta.detach().clone(),
+                        map=self.label_map.state_dict(), step=step)
+        return accuracy
+
+    def state_dict(self, step: int, best: dict) -> dict:
+        return {"step": step, "theta": self.theta.detach().clone(),
+                "step_rule": self.step_rule.state_dict(), "schedule": self.schedule.state_dict(),
+                "estimator": self.estimator.state_dict(), "label_map": self.label_map.state_dict(),
+                "best_theta": best["theta"], "best_accuracy": best["accuracy"], "best_step": best["step"],
+                "ledger": self.ledger.state_dict()}

@@ -1,0 +1,76 @@
+"""A small zoo of real pretrained models, built locally into ONNX files for black-box use.
+
+Weights come from installed pip packages (nothing is downloaded); each ONNX file is exported
+once, checked against torch, and cached under ``cache_dir()/models`` with a sha256 sidecar.
+Build everything with ``python -m blackbox_reprog.zoo``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str                        # "crepe-tiny" | "efficientnet-lite0"
+    description: str
+    input_shape: tuple[int, ...]     # one example, without the batch axis
+    value_range: tuple[float, float]
+    num_classes: int
+    output_kind: str                 # "logits"
+    licence: str
+
+
+_ZOO = {
+    "crepe-tiny": ZooModel(
+        name="crepe-tiny",
+        description="CREPE-tiny monophonic pitch estimator: a 1024-sample 16 kHz audio frame "
+                    "(z-normalised inside) -> logits over 360 pitch bins of 20 cents "
+                    "(~32 Hz to ~2 kHz)",
+        input_shape=(1024,),
+        # frames are z-normalised inside the model, so this is only a generous bound
+        value_range=(-10.0, 10.0),
+        num_classes=360,
+        output_kind="logits",
+        licence="MIT"),
+    "efficientnet-lite0": ZooModel(
+        name="efficientnet-lite0",
+        description="EfficientNet-Lite0 ImageNet classifier: a 224x224 RGB image in [0, 1] "
+                    "(normalised inside) -> logits over the 1000 ImageNet classes",
+        input_shape=(3, 224, 224),
+        value_range=(0.0, 1.0),
+        num_classes=1000,
+        output_kind="logits",
+        licence="Apache-2.0"),
+}
+
+
+def zoo_names() -> list[str]:
+    return list(_ZOO)
+
+
+def zoo_model(name: str) -> ZooModel:
+    if name not in _ZOO:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)}")
+    return _ZOO[name]
+
+
+def model_path(name: str) -> Path:
+    """The verified ONNX file for ``name``: reused when its sha256 matches the sidecar,
+    otherwise (missing or tampered) rebuilt from the installed weights."""
+    from . import build
+    return build.cached_or_build(zoo_model(name))
+
+
+def torch_model(name: str) -> torch.nn.Module:
+    """The torch model in eval mode, weights loaded with weights_only=True after a checksum."""
+    from . import build
+    zoo_model(name)
+    return build.load_torch(name)
+
+
+def build_all() -> list[Path]:
+    """Build (or reuse) every zoo model; used by the installer."""
+    return [model_path(name) for name in zoo_names()]

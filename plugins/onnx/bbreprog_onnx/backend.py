@@ -1,0 +1,86 @@
+"""Local ONNX models through onnxruntime (CPU by default, CUDA when asked and available)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
+
+from .safety import check_model_file
+
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+
+
+def _resolve(model: str) -> Path:
+    """A zoo name (built and cached on first use) or a path to a model file."""
+    from blackbox_reprog import zoo
+    if model in zoo.zoo_names():
+        return zoo.model_path(model)
+    return Path(model).expanduser()
+
+
+class OnnxBackend(Backend):
+    """Local ONNX model (onnxruntime; device cpu or cuda)."""
+
+    name = "onnx"
+
+    def __init__(self, model: str | Path, *, device: str = "cpu", max_batch: int = 256,
+                 threads: int = 0, output_kind: str | None = None,
+                 value_range: tuple[float, float] | None = None):
+        import onnxruntime as ort
+
+        self.path = _resolve(str(model))
+        proto = check_model_file(self.path)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        self.providers = self._providers(ort, device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        self.device = device
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ValueError(f"expected a model with one input, got {len(inputs)}: {[i.name for i in inputs]}")
+        first = inputs[0]
+        shape = first.shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"expected fixed input dimensions after the batch axis, got {first.shape}")
+        if first.type not in _DTYPES:
+            raise ValueError(f"expected a floating-point model input, got {first.type}")
+        self.input_name = first.name
+        if value_range is None and "bbreprog.value_range" in metadata:
+            value_range = tuple(float(v) for v in metadata["bbreprog.value_range"].split(","))
+        self.input_spec = InputSpec(tuple(shape), _DTYPES[first.type],
+                                    tuple(value_range) if value_range else (-math.inf, math.inf))
+        self.output_kind = output_kind or metadata.get("bbreprog.output_kind", "logits")
+        if self.output_kind not in ("logits", "probs"):
+            raise ValueError(f"expected an ONNX model output kind of logits or probs, got {self.output_kind!r}"
+                             f" (degrade to topk or label with a wrapper)")
+        classes = outputs[0].shape[-1]
+        if not isinstance(classes, int):
+            raise ValueError(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
+        self.num_classes = classes
+        self.max_batch = int(max_batch)
+        self.model_id = "onnx:sha256:" + hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @staticmethod
+    def _providers(ort, device: str) -> list[str]:
+        available = ort.get_available_providers()
+        if device == "cpu":
+            return ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise ValueError(f"expected the CUDA execution provider for device 'cuda', got only: {', '.join(available)}")
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        raise ValueError(f"expected device 'cpu' or 'cuda', got {device!r}")
+
+    def _predict(self, x: np.ndarray) -> Prediction:
+        scores = self.session.run(None, {self.input_name: x})[0]   # (b, C)
+        return Prediction(self.output_kind, self.num_classes, scores=np.asarray(scores, dtype=np.float32))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "path": str(self.path), "providers": self.session.get_providers()}

@@ -1,0 +1,69 @@
+"""Safe loading of ONNX files, before onnxruntime ever sees them.
+
+Checked with ``onnx`` first: the file must parse as a model and pass the checker, and every
+external-data location must be a plain relative path inside the model's folder — absolute
+paths, ``..``, symlinks and hard links that lead elsewhere are refused (CVE-2022-25882,
+CVE-2024-27318 and the 2026 link bypasses). Custom-op libraries are never loaded: the session
+options register none, whatever the model or config names.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+
+class UnsafeModel(ValueError):
+    """A model file was refused; the message is one sentence."""
+
+
+def _external_locations(model) -> list[str]:
+    from onnx.external_data_helper import _get_all_tensors  # all initializers and attributes
+    locations = []
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == tensor.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            locations.append(entries.get("location", ""))
+    return locations
+
+
+def check_location(folder: Path, location: str) -> None:
+    """Refuse an external-data location that could read outside ``folder``."""
+    if not location:
+        raise UnsafeModel("expected an external-data location, got an empty one")
+    for pure in (PurePosixPath(location), PureWindowsPath(location)):
+        if pure.is_absolute() or pure.drive or pure.root:
+            raise UnsafeModel(f"expected a relative external-data path, got the absolute path {location!r}")
+        if ".." in pure.parts:
+            raise UnsafeModel(f"expected an external-data path inside the model's folder, got {location!r} (contains '..')")
+    path = folder / location
+    if path.is_symlink():
+        raise UnsafeModel(f"expected a regular external-data file, got the symbolic link {location!r}")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise UnsafeModel(f"expected an external-data path inside the model's folder, got {location!r} which resolves to {resolved}")
+    if resolved.exists() and os.stat(resolved).st_nlink > 1:
+        raise UnsafeModel(f"expected an external-data file with one link, got the hard-linked file {location!r}")
+
+
+def check_model_file(path: str | Path):
+    """Parse, check and vet a model file; returns the parsed ``onnx.ModelProto``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeModel(f"expected an ONNX model file, got {path}, which does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as error:
+        raise UnsafeModel(f"expected an ONNX model file, got {path.name}, which does not parse as one ({type(error).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise UnsafeModel(f"expected an ONNX model file, got {path.name}, which holds no graph")
+    for location in _external_locations(model):
+        check_location(path.parent, location)
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UnsafeModel(f"expected a valid ONNX model, got {path.name}, which fails the ONNX checker: {first}") from None
+    return model

@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+
+from blackbox_reprog.backend import CallableBackend, InputError, InputSpec, Prediction
+from blackbox_reprog.registry import UnknownBackend, create_backend, installed
+from blackbox_reprog.testing import check_backend
+from tests.models import CALLS, reset_calls, signal_model
+
+
+def make_callable(**kw):
+    return CallableBackend(signal_model, input_shape=(1024,), num_classes=32, **kw)
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.zeros((2, 1023), np.float32), r"expected a batch of shape \(B, 1024\), got \(2, 1023\)"),
+    (np.zeros((2, 1024), np.float64), "expected dtype float32, got float64"),
+    (np.zeros((0, 1024), np.float32), "expected a batch of at least one example"),
+    (np.full((2, 1024), np.nan, np.float32), "expected finite input values"),
+    (np.full((2, 1024), 5, np.float32), r"expected values in \[-1.0, 1.0\], got \[5, 5\]"),
+    ([[0.0] * 1024], "expected a numpy array, got list"),
+])
+def test_input_spec_refuses_with_one_sentence(x, message):
+    with pytest.raises(InputError, match=message):
+        InputSpec((1024,), "float32", (-1.0, 1.0)).check(x)
+
+
+def test_query_splits_batches_and_refuses_before_sending():
+    backend = make_callable(max_batch=4)
+    reset_calls()
+    p = backend.query(np.random.default_rng(0).normal(size=(10, 1024)).astype(np.float32))
+    assert CALLS == {"count": 3, "examples": 10}
+    assert backend.calls_for(10) == 3 and p.scores.shape == (10, 32)
+    with pytest.raises(InputError):
+        backend.query(np.zeros((3, 1024), np.float64))
+    assert CALLS["count"] == 3
+
+
+def test_prediction_top1_for_every_kind():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], np.float32)
+    assert Prediction("probs", 3, scores=scores).top1().tolist() == [1, 0]
+    topk = Prediction("topk", 3, scores=np.array([[0.7, 0.2]]), labels=np.array([[1, 2]]))
+    assert topk.top1().tolist() == [1]
+    both = Prediction.concat([topk, topk.take(slice(0, 1))])
+    assert both.labels.shape == (2, 2)
+
+
+def test_callable_backend_checks_output_shape():
+    backend = CallableBackend(lambda x: np.zeros((len(x), 5)), input_shape=(3,), num_classes=4)
+    with pytest.raises(RuntimeError, match=r"expected outputs of shape \(2, 4\), got \(2, 5\)"):
+        backend.query(np.zeros((2, 3), np.float32))
+
+
+def test_registry_lists_shipped_backends_and_names_unknown_ones():
+    assert {"onnx", "callable"} <= set(installed())
+    with pytest.raises(UnknownBackend, match="unknown backend 'onxx'; did you mean 'onnx'\\? installed: callable, onnx"):
+        create_backend("onxx", "crepe-tiny")
+
+
+def test_callable_from_config_imports_module_function():
+    backend = create_backend("callable", "tests.models:signal_model", input_shape=[1024], num_classes=32)
+    assert backend.query(np.ones((1, 1024), np.float32)).scores.shape == (1, 32)
+
+
+@pytest.mark.parametrize("model", ["crepe-tiny", "efficientnet-lite0"])
+def test_onnx_zoo_backends_pass_conformance(model):
+    backend = create_backend("onnx", model)
+    assert check_backend(backend) == ["check_declarations", "check_answers", "check_deterministic",
+                                      "check_batch_independence", "check_refusals"]
+
+
+def test_callable_backend_passes_conformance():
+    check_backend(make_callable(value_range=(-10.0, 10.0)))
+
+
+def test_conformance_kit_catches_a_batch_dependent_model():
+    # normalising over the batch makes answers depend on the other examples
+    bad = CallableBackend(lambda x: (x - x.mean(axis=0)) @ np.eye(8, 4, dtype=np.float32),
+                          input_shape=(8,), num_classes=4)
+    with pytest.raises(AssertionError, match="check_batch_independence failed"):
+        check_backend(bad)
+
+
+def test_conformance_kit_catches_a_backend_that_sends_bad_batches():
+    class Careless(CallableBackend):
+        def query(self, x):                    # skips the spec check
+            return self._predict(x)
+    with pytest.raises(AssertionError, match="check_refusals failed"):
+        check_backend(Careless(signal_model, input_shape=(1024,), num_classes=32))

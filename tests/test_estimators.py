@@ -1,0 +1,83 @@
+"""Estimators agree with the true gradient of a quadratic in expectation.
+
+On f(θ) = ½ θᵀAθ + bᵀθ every estimator here is unbiased for ∇f up to O(μ²) (central
+differences are exact on a quadratic; one-sided ones carry a μ/2·E[u uᵀAu] term which is
+small at μ = 1e-3). A single one-sided estimate with q directions in d dimensions has an
+expected cosine with the truth of only about √(q/(d+q)) (≈ 0.3 for d = 100, q = 10), so we
+average N independent estimates: the noise shrinks as 1/√N and the cosine of the mean goes
+to 1. With N = 3000, d = 100, q = 10 the relative error of the mean is ≈ √(d/(qN)) ≈ 0.06,
+so a cosine > 0.98 is a safe threshold that a biased or wrongly scaled estimator misses
+(scale errors are caught by the norm-ratio check instead: within 10 %).
+"""
+import pytest
+import torch
+
+from blackbox_reprog.estimators import ESTIMATORS, make_estimator
+
+D = 100
+
+
+def quadratic():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(D, D, generator=g) / D ** 0.5
+    a = m @ m.T + torch.eye(D)                 # (d, d) positive definite
+    b = torch.randn(D, generator=g)
+    theta = torch.randn(D, generator=g)
+    f = lambda t: 0.5 * (t @ a * t).sum(-1) + t @ b   # (P, d) → (P,)
+    return f, a @ theta + b, theta
+
+
+@pytest.mark.parametrize("kind, directions, smoothing, distribution", [
+    ("random", 10, 1e-3, "gaussian"),
+    ("random", 10, 1e-3, "sphere"),
+    ("antithetic", 5, 1e-2, "gaussian"),
+    ("antithetic", 5, 1e-2, "sphere"),
+    ("coordinate", 10, 1e-2, "gaussian"),
+    ("spsa", 2, 1e-2, "gaussian"),
+])
+def test_mean_estimate_matches_true_gradient(kind, directions, smoothing, distribution):
+    f, true_grad, theta = quadratic()
+    est = make_estimator(kind, D, directions=directions, smoothing=smoothing, distribution=distribution)
+    gen = torch.Generator().manual_seed(1)
+    n = 3000
+    total = torch.zeros(D)
+    for _ in range(n):
+        thetas = est.propose(theta, gen)
+        assert thetas.shape == (est.population, D)
+        total += est.estimate(f(thetas))
+    mean = total / n
+    cosine = torch.nn.functional.cosine_similarity(mean, true_grad, dim=0)
+    assert cosine > 0.98, f"{kind}: cosine {cosine:.3f}"
+    assert abs(mean.norm() / true_grad.norm() - 1) < 0.1
+
+
+def test_coordinate_with_all_coordinates_is_exact_on_a_quadratic():
+    f, true_grad, theta = quadratic()
+    est = make_estimator("coordinate", D, directions=D, smoothing=1e-2)
+    g = est.estimate(f(est.propose(theta, torch.Generator().manual_seed(0))))
+    assert torch.allclose(g, true_grad, rtol=1e-2, atol=5e-2)   # float32 round-off only
+
+
+def test_spsa_gc_adds_the_momentum_correction():
+    f, true_grad, theta = quadratic()
+    est = make_estimator("spsa-gc", D, directions=5, smoothing=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    first = est.estimate(f(est.propose(theta, gen)))
+    raw_first = first / (1 + est.beta)           # m₁ = ĝ₁, so direction = ĝ₁(1 + β)
+    assert torch.allclose(est.momentum, raw_first)
+    assert est.population == 10                  # R = 5 draws × 2 evaluations (BlackVIP)
+
+
+def test_populations_match_documented_costs():
+    assert make_estimator("random", 8, directions=20, smoothing=0.01).population == 21
+    assert make_estimator("antithetic", 8, directions=3, smoothing=0.01).population == 6
+    assert make_estimator("spsa", 8, directions=1, smoothing=0.01).population == 2
+
+
+def test_same_seed_same_perturbations():
+    for kind in ESTIMATORS:
+        a = make_estimator(kind, 16, directions=4, smoothing=0.01)
+        b = make_estimator(kind, 16, directions=4, smoothing=0.01)
+        theta = torch.zeros(16)
+        assert torch.equal(a.propose(theta, torch.Generator().manual_seed(7)),
+                           b.propose(theta, torch.Generator().manual_seed(7)))
