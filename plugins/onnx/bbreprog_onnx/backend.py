@@ -9,7 +9,7 @@ import numpy as np
 
 from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
 
-from .safety import check_model_file
+from .safety import _external_locations, check_model_file
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
@@ -20,6 +20,18 @@ def _resolve(model: str) -> Path:
     if model in zoo.zoo_names():
         return zoo.model_path(model)
     return Path(model).expanduser()
+
+
+def _model_digest(path: Path, locations: list[str]) -> str:
+    """sha256 of the model file and, when it has external data, of each data file too (so the
+    answer cache sees new weights); a model without external data hashes its bytes alone."""
+    digest = hashlib.sha256(path.read_bytes())
+    for location in sorted(set(locations)):
+        digest.update(b"\0" + location.encode() + b"\0")
+        with open(path.parent / location, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 class OnnxBackend(Backend):
@@ -65,7 +77,7 @@ class OnnxBackend(Backend):
             raise ValueError(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
         self.num_classes = classes
         self.max_batch = int(max_batch)
-        self.model_id = "onnx:sha256:" + hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.model_id = "onnx:sha256:" + _model_digest(self.path, _external_locations(proto))
 
     @staticmethod
     def _providers(ort, device: str) -> list[str]:

@@ -16,10 +16,31 @@ class UnsafeModel(ValueError):
     """A model file was refused; the message is one sentence."""
 
 
+def _graph_tensors(graph):
+    """Every TensorProto a graph or function holds: initializers, the values and indices of
+    sparse initializers, node attributes (dense and sparse), and those of every subgraph."""
+    yield from getattr(graph, "initializer", ())
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparses = [*attribute.sparse_tensors]
+            if attribute.HasField("sparse_tensor"):
+                sparses.append(attribute.sparse_tensor)
+            for sparse in sparses:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graph_tensors(subgraph)
+
+
 def _external_locations(model) -> list[str]:
-    from onnx.external_data_helper import _get_all_tensors  # all initializers and attributes
     locations = []
-    for tensor in _get_all_tensors(model):
+    for tensor in (t for graph in (model.graph, *model.functions) for t in _graph_tensors(graph)):
         if tensor.data_location == tensor.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
             locations.append(entries.get("location", ""))
@@ -64,6 +85,7 @@ def check_model_file(path: str | Path):
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0]
+        # the checker's first paragraph on one line (its first line alone can stop mid-sentence)
+        first = " ".join(str(error).strip().split("\n\n")[0].split())
         raise UnsafeModel(f"expected a valid ONNX model, got {path.name}, which fails the ONNX checker: {first}") from None
     return model

@@ -1,0 +1,87 @@
+"""The command line, driven in-process with click's CliRunner (stdout and stderr kept apart)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from blackbox_reprog.cli import main
+from tests.models import CALLS, reset_calls
+
+CALLABLE = ("--set", "backend.name=callable", "--set", "backend.model=tests.models:signal_model",
+            "--set", "backend.options={input_shape = [1024], num_classes = 32, value_range = [-10.0, 10.0]}")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_backends_lists_the_installed_plugins():
+    result = invoke("backends")
+    assert result.exit_code == 0
+    assert "onnx" in result.stdout and "callable" in result.stdout and "bbreprog_onnx:OnnxBackend" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "estimator.directons=5"), "error: unknown config key estimator.'directons'; did you mean estimator.'directions'?"),
+    (("--set", "backend.name=onxx"), "error: unknown backend 'onxx'; did you mean 'onnx'? installed: callable, onnx"),
+    (("--set", "data.name=/no/such/file.ts"), "error: "),
+    (("--set", "data.name=digits"), "error: the signal program expects 1-D series and a 1-D model input, got target (1, 8, 8) and model input (1024,)"),
+    (("--budget", "10"), "error: expected a budget of at least"),
+])
+def test_refusals_are_one_sentence_exit_2_and_spend_nothing(tmp_path, args, message):
+    reset_calls()
+    result = invoke("demo", "--quiet", "--out", str(tmp_path), *CALLABLE, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert CALLS["examples"] == 0
+    assert not any(tmp_path.iterdir())                       # no run folder for a refused run
+
+
+def test_unknown_config_file_key_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[estimator]\nkind = 'random'\nsmoothng = 0.1\n")
+    result = invoke("train", str(path), "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert result.stderr == "error: unknown config key estimator.'smoothng'; did you mean estimator.'smoothing'?\n"
+
+
+def test_train_writes_the_run_folder_and_evaluate_and_predict_read_it(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'budget = 6000\nseed = 2\nname = "coffee"\n'
+        '[backend]\nname = "onnx"\nmodel = "crepe-tiny"\n'
+        '[data]\nname = "Coffee"\n'
+        '[transform]\nkind = "signal"\ngrid = 32\n'
+        '[label_map]\nkind = "frequency"\nper_class = 5\n'
+        '[estimator]\nkind = "antithetic"\ndirections = 4\n'
+        '[train]\nbatch_size = 16\neval_every = 4\n')
+    result = invoke("train", str(config), "--out", str(tmp_path / "runs"), "--quiet")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "coffee"
+    assert {p.name for p in run.iterdir()} >= {"config.toml", "metrics.jsonl", "result.json", "accuracy.png", "program.pt"}
+    summary = json.loads((run / "result.json").read_text())
+    for key in ("test_accuracy", "start_accuracy", "chance_accuracy", "budget", "seed", "wall_seconds"):
+        assert key in summary
+    assert summary["queries"]["total"] == sum(summary["queries"][p] for p in ("train", "label-map", "validate", "test"))
+    assert summary["budgeted_queries"] <= 6000 and summary["seed"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["steps"] and all({"step", "queries", "loss"} <= r.keys() for r in rows)
+    assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"test accuracy {summary['test_accuracy']:.3f}" in result.stdout
+
+    evaluated = invoke("evaluate", str(run))
+    assert evaluated.exit_code == 0
+    report = json.loads(evaluated.stdout)
+    assert report["test_accuracy"] == pytest.approx(summary["test_accuracy"]) and report["queries"] == 28
+
+    out = tmp_path / "pred.csv"
+    predicted = invoke("predict", str(run), "Coffee", "-o", str(out))
+    assert predicted.exit_code == 0 and "28 predictions" in predicted.stdout
+    lines = out.read_text().splitlines()
+    assert lines[0] == "index,label" and len(lines) == 29 and {l.split(",")[1] for l in lines[1:]} <= {"0", "1"}
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = invoke("evaluate", str(tmp_path))
+    assert result.exit_code == 2 and result.stderr.startswith("error: expected a finished run folder with program.pt")

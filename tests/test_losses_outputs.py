@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+
+from blackbox_reprog.backend import Prediction
+from blackbox_reprog.losses import make_loss
+from blackbox_reprog.outputs import FLOOR, LABEL_EPSILON, source_log_probs
+
+
+def test_cross_entropy_matches_torch_per_population_row():
+    logits = torch.randn(4, 6, 3)                                # (P, B, K)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    ours = make_loss("ce")(logits, y)
+    ref = torch.stack([torch.nn.functional.cross_entropy(l, y) for l in logits])
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_focal_loss_with_gamma_zero_is_class_weighted_cross_entropy():
+    logits = torch.randn(2, 5, 2)
+    y = torch.tensor([0, 0, 0, 0, 1])
+    focal = make_loss("focal", gamma=0.0, class_counts=[4, 1])
+    w = torch.tensor([0.25, 1.0]); w = w / w.sum() * 2
+    ref = torch.stack([(torch.nn.functional.cross_entropy(l, y, reduction="none") * w[y]).mean() for l in logits])
+    assert torch.allclose(focal(logits, y), ref, atol=1e-6)
+    # γ = 2 down-weights confident examples: always ≤ the γ = 0 loss
+    assert (make_loss("focal", gamma=2.0, class_counts=[4, 1])(logits, y) <= focal(logits, y) + 1e-7).all()
+
+
+def test_logits_and_probs_give_the_same_log_probabilities():
+    logits = np.array([[1.0, 2.0, 0.5]], np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum()
+    a = source_log_probs(Prediction("logits", 3, scores=logits))
+    b = source_log_probs(Prediction("probs", 3, scores=probs))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.isfinite(source_log_probs(Prediction("probs", 3, scores=np.array([[1.0, 0.0, 0.0]])))).all()
+
+
+def test_topk_spreads_the_missing_mass_and_label_only_uses_epsilon():
+    topk = Prediction("topk", 5, scores=np.array([[0.6, 0.2]]), labels=np.array([[3, 1]]))
+    p = source_log_probs(topk).exp()[0]
+    assert torch.allclose(p, torch.tensor([0.2 / 3, 0.2, 0.2 / 3, 0.6, 0.2 / 3]), atol=1e-6)
+    full = Prediction("topk", 3, scores=np.array([[0.9, 0.1]]), labels=np.array([[0, 2]]))
+    assert torch.allclose(source_log_probs(full).exp()[0, 1], torch.tensor(FLOOR))
+    label = source_log_probs(Prediction("label", 4, labels=np.array([[2]]))).exp()[0]
+    assert torch.allclose(label, torch.tensor([LABEL_EPSILON / 3] * 2 + [1 - LABEL_EPSILON] + [LABEL_EPSILON / 3]))

@@ -1,0 +1,89 @@
+"""The training loop on a cheap real model (a fixed random linear map behind CallableBackend)."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blackbox_reprog.backend import CallableBackend
+from blackbox_reprog.config import load_config
+from blackbox_reprog.runner import build
+from blackbox_reprog.trainer import BudgetTooSmall
+from tests.models import CALLS, reset_calls, signal_model
+
+
+def backend():
+    return CallableBackend(signal_model, input_shape=(1024,), num_classes=32, value_range=(-10.0, 10.0))
+
+
+def config(**kw):
+    base = {"data": {"name": "ItalyPowerDemand"}, "transform": {"grid": 16},
+            "label_map": {"kind": "frequency", "per_class": 4},
+            "estimator": {"kind": "random", "directions": 4}, "train": {"batch_size": 16, "eval_every": 3}}
+    overrides = tuple(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}".replace("True", "true").replace("False", "false")
+                      for k, v in kw.items())
+    return load_config(base=base, overrides=overrides)
+
+
+ESTIMATORS = st.sampled_from(["random", "antithetic", "coordinate", "spsa", "spsa-gc"])
+MAPS = st.sampled_from(["random", "frequency", "iterative", "linear"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.integers(0, 4000), estimator=ESTIMATORS, label_map=MAPS,
+       directions=st.integers(1, 6), batch=st.integers(1, 80), eval_every=st.integers(1, 5),
+       max_steps=st.integers(0, 6))
+def test_the_budget_is_never_exceeded(budget, estimator, label_map, directions, batch, eval_every, max_steps):
+    cfg = config(budget=budget, **{"estimator.kind": estimator, "label_map.kind": label_map,
+                                   "estimator.directions": directions, "train.batch_size": batch,
+                                   "train.eval_every": eval_every, "train.max_steps": max_steps})
+    reset_calls()
+    try:
+        trainer = build(cfg, backend=backend()).trainer
+    except BudgetTooSmall:
+        assert CALLS["examples"] == 0                     # refused before the first query
+        return
+    result = trainer.fit()
+    budgeted = result.ledger["budgeted"]
+    assert budgeted <= budget
+    assert CALLS["examples"] == result.ledger["total"]["queries"]   # the ledger saw every query
+    assert result.ledger["test"]["queries"] == 2 * len(build(cfg, backend=backend()).splits.test)
+
+
+def test_budget_smaller_than_one_step_is_refused_with_nothing_spent():
+    reset_calls()
+    with pytest.raises(BudgetTooSmall, match=r"expected a budget of at least 161 queries \(label map 53, one step 80 = 5 programs × batch 16, two validation passes of 14\), got 100"):
+        build(config(budget=100), backend=backend())
+    assert CALLS["examples"] == 0
+
+
+def test_same_seed_same_result_and_a_different_seed_differs():
+    def once(seed):
+        return build(config(budget=3000, seed=seed), backend=backend()).trainer.fit()
+    a, b, c = once(0), once(0), once(1)
+    assert torch.equal(a.theta, b.theta) and a.test_accuracy == b.test_accuracy
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    assert not torch.equal(a.theta, c.theta)
+
+
+def test_training_lowers_the_loss_and_records_every_step():
+    result = build(config(budget=20000, **{"optimizer.lr": 0.1}), backend=backend()).trainer.fit()
+    losses = [r["loss"] for r in result.history]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert [r["step"] for r in result.history] == list(range(1, result.steps + 1))
+    assert all(r["queries"] <= 20000 for r in result.history)
+    queries = [r["queries"] for r in result.history]
+    assert queries == sorted(queries)
+
+
+def test_non_finite_losses_never_reach_the_step_rule():
+    def sometimes_nan(x):
+        out = signal_model(x)
+        out[::3] = np.nan if CALLS["count"] % 2 else out[::3]
+        return out
+    nan_backend = CallableBackend(sometimes_nan, input_shape=(1024,), num_classes=32)
+    nan_backend._checked = lambda p, n: p        # let the NaNs through to the loss
+    trainer = build(config(budget=3000, **{"label_map.kind": "random"}), backend=nan_backend).trainer
+    result = trainer.fit()
+    assert any(r.get("skipped") == "non-finite loss" for r in result.history)
+    assert torch.isfinite(result.theta).all()
