@@ -17,6 +17,8 @@ __all__ = ["Backend", "CallableBackend", "InputError", "InputSpec", "Prediction"
 def train(config: RunConfig | None = None, *, backend: Backend | None = None, **overrides):
     """Train from a config (or defaults plus keyword overrides); returns (run folder, result)."""
     from .runner import run
+    if config is not None and overrides:
+        raise TypeError(f"expected either a config or keyword overrides, got both ({', '.join(overrides)})")
     if config is None:
         config = load_config(**overrides)
     return run(config, backend=backend)

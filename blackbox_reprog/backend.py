@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -121,8 +123,14 @@ class Backend:
             raise RuntimeError(f"{self.name}: expected {self.output_kind} outputs, got {p.kind}")
         if len(p) != batch_size:
             raise RuntimeError(f"{self.name}: expected {batch_size} answers, got {len(p)}")
+        if p.num_classes != self.num_classes:
+            raise RuntimeError(f"{self.name}: expected {self.num_classes} classes, got {p.num_classes}")
         if p.scores is not None and not np.isfinite(p.scores).all():
             raise RuntimeError(f"{self.name}: expected finite scores, got NaN or infinity")
+        if p.labels is not None and (p.labels.dtype.kind not in "iu" or p.labels.min() < 0
+                                     or p.labels.max() >= self.num_classes):
+            raise RuntimeError(f"{self.name}: expected integer labels in [0, {self.num_classes}), got "
+                               f"{p.labels.dtype} values in [{p.labels.min()}, {p.labels.max()}]")
         return p
 
     @classmethod
@@ -169,7 +177,15 @@ class CallableBackend(Backend):
         module_name, sep, attribute = model.partition(":")
         if not sep:
             raise ValueError(f"expected a callable as 'module:function', got {model!r}")
-        function = getattr(importlib.import_module(module_name), attribute)
+        if os.getcwd() not in sys.path:      # like `python -m`, find modules in the working folder
+            sys.path.append(os.getcwd())
+        try:
+            function = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"expected an importable callable {model!r}, got {type(error).__name__}: {error}") from None
+        missing = {"input_shape", "num_classes"} - set(options)
+        if missing:
+            raise ValueError(f"expected backend.options {sorted(missing)} for a callable backend, got {sorted(options)}")
         return cls(function, **options)
 
     def _predict(self, x: np.ndarray) -> Prediction:

@@ -14,11 +14,11 @@ import click
 from .config import ConfigError, RunConfig, load_config
 
 DEMO = {
-    "budget": 60_000,
+    "budget": 200_000,
     "backend": {"name": "onnx", "model": "crepe-tiny"},
     "data": {"name": "ItalyPowerDemand", "validation_fraction": 0.25},
     "transform": {"kind": "signal", "grid": 64},
-    "label_map": {"kind": "frequency", "per_class": 10},
+    "label_map": {"kind": "iterative", "per_class": 10},
     "loss": {"kind": "ce"},
     "estimator": {"kind": "random", "directions": 20, "smoothing": 0.01},
     "optimizer": {"kind": "adam", "lr": 0.1, "schedule": "cosine"},
@@ -64,7 +64,7 @@ def main():
 def _train(config: RunConfig, quiet: bool) -> None:
     from tqdm import tqdm
 
-    from .runner import run
+    from .runner import Run
     bar = None if quiet else tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
                                   desc=f"{config.data.name}", file=sys.stderr)
 
@@ -78,11 +78,17 @@ def _train(config: RunConfig, quiet: bool) -> None:
         bar.set_postfix(postfix, refresh=False)
 
     try:
-        run_dir, summary = run(config, progress=progress)
-    except _refusals() as error:
+        job = Run(config, progress=progress)
+    except _refusals() as error:            # refused while building: nothing was spent
         if bar is not None:
             bar.close()
         _fail(str(error))
+    try:
+        run_dir, summary = job.execute()
+    except Exception as error:               # failed while running: say so in one sentence
+        if bar is not None:
+            bar.close()
+        _fail(f"the run stopped: {type(error).__name__}: {error}", code=1)
     if bar is not None:
         bar.close()
     q = summary["queries"]
@@ -91,7 +97,8 @@ def _train(config: RunConfig, quiet: bool) -> None:
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
         f"queries: {q['total']:,} = train {q['train']:,} + label-map {q['label-map']:,} + "
         f"validate {q['validate']:,} + test {q['test']:,}; budget {summary['budget']:,}\n"
-        f"steps {summary['steps']}, best validation {summary['best_validation_accuracy']:.3f} at step "
+        f"steps {summary['steps']}, chosen on validation (loss {summary['best_validation_loss']:.3f}, accuracy "
+        f"{summary['best_validation_accuracy']:.3f}) at step "
         f"{summary['best_step']}, {summary['wall_seconds']:.0f} s\n"
         f"run folder: {run_dir}  (result.json, metrics.jsonl, accuracy.png)")
 

@@ -142,7 +142,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         return float(value)
     if isinstance(default, type(value)):
         return value
-    raise ConfigError(f"expected a {type(default).__name__} for {key}, got {value!r}")
+    kind = {"int": "an integer", "float": "a number", "str": "a string", "dict": "a table"}.get(type(default).__name__, type(default).__name__)
+    raise ConfigError(f"expected {kind} for {key}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -168,6 +169,31 @@ def merge(base: dict, path: list[str], value: Any) -> dict:
     return out
 
 
+_LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
+    "budget": (0, True), "train.batch_size": (1, True), "train.max_steps": (0, True),
+    "train.eval_every": (1, True), "train.checkpoint_every": (0, True),
+    "estimator.directions": (1, True), "estimator.smoothing": (0, False), "optimizer.lr": (0, False),
+    "transform.grid": (0, True), "transform.inner": (0, True), "transform.epsilon": (0, False),
+    "label_map.per_class": (1, True), "label_map.l2": (0, True), "loss.gamma": (0, True),
+    "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
+}
+
+
+def _check_limits(config: RunConfig) -> None:
+    values = config.to_dict()
+    for key, (lowest, inclusive) in _LIMITS.items():
+        value = values
+        for part in key.split("."):
+            value = value[part]
+        if value < lowest or (value == lowest and not inclusive):
+            bound = f"at least {lowest}" if inclusive else f"above {lowest}"
+            raise ConfigError(f"expected {key} {bound}, got {value}")
+    for key in ("data.validation_fraction", "data.test_fraction"):
+        section, name = key.split(".")
+        if values[section][name] >= 1:
+            raise ConfigError(f"expected {key} below 1, got {values[section][name]}")
+
+
 def load_config(path: str | Path | None = None, *, base: dict | None = None,
                 overrides: tuple[str, ...] = (), **options: Any) -> RunConfig:
     """Defaults < ``base`` (a built-in config) < the TOML file < overrides < options (not None)."""
@@ -189,7 +215,9 @@ def load_config(path: str | Path | None = None, *, base: dict | None = None,
     for key, value in options.items():
         if value is not None:
             values = merge(values, [key], value)
-    return _build(RunConfig, values)
+    config = _build(RunConfig, values)
+    _check_limits(config)
+    return config
 
 
 def _flatten(table: dict, prefix: tuple = ()):

@@ -3,7 +3,7 @@
 An estimator never sees the backend. Each step it proposes a population of programs
 (``propose``: θ → (P, d)); the trainer evaluates all P on the same batch in one batched call
 (common random numbers) and hands back their losses; ``estimate`` turns those into ĝ.
-Perturbations are regenerated from one seed per step, so nothing but the seed need be kept.
+Perturbations are drawn from the run's seeded generator, so a run replays exactly from its seed.
 
 Costs per step on a batch of B examples: one-sided B·(q+1), two-sided / SPSA / coordinate 2·B·q.
 """
@@ -21,6 +21,8 @@ class Estimator:
         self.dim, self.q, self.mu = int(dim), int(directions), float(smoothing)
         if self.q < 1:
             raise ValueError(f"expected at least 1 direction, got {self.q}")
+        if not self.mu > 0:
+            raise ValueError(f"expected a smoothing radius above 0, got {self.mu}")
         self._theta = self._directions = None
         self.step_count = 0
 
@@ -146,12 +148,12 @@ class SPSA(Estimator):
 
     def propose(self, theta, generator):
         self._directions = self._perturbation(generator)             # (q, d)
-        c = self._c()
-        return torch.cat([theta + c * self._directions, theta - c * self._directions])
+        self._c_step = self._c()                                     # c_k, kept for estimate
+        return torch.cat([theta + self._c_step * self._directions, theta - self._c_step * self._directions])
 
     def estimate(self, losses):
         self.step_count += 1
-        diff = (losses[: self.q] - losses[self.q:]) / (2 * self._c())  # (q,)
+        diff = (losses[: self.q] - losses[self.q:]) / (2 * self._c_step)  # (q,)
         return (diff[:, None] / self._directions).mean(dim=0)
 
 

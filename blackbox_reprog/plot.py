@@ -20,7 +20,8 @@ def plot_run(run_dir: Path, summary: dict, history: list[dict]) -> Path:
     ax.set_xlabel("queries spent (examples sent to the model)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{summary['data']['name']} via {Path(str(summary['backend'].get('model_id', ''))).name[:40] or summary['backend']['backend']} — {summary['method']}")
+    model = Path(str(summary["backend"].get("path", summary["backend"]["backend"]))).stem
+    ax.set_title(f"{model} → {summary['data']['name']} ({summary['method']}, seed {summary['seed']})")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

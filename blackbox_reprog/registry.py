@@ -36,7 +36,7 @@ def describe_installed() -> list[dict]:
         try:
             cls = ep.load()
             rows.append({"name": name, "target": ep.value, "status": "ok",
-                         "description": (cls.__doc__ or "").strip().splitlines()[0]})
+                         "description": ((cls.__doc__ or "").strip().splitlines() or [""])[0]})
         except Exception as error:                                  # a broken plugin warns
             rows.append({"name": name, "target": ep.value, "status": f"fails to import: {error}",
                          "description": ""})

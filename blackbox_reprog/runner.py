@@ -18,7 +18,7 @@ import torch
 
 from . import data as data_module
 from .backend import Backend
-from .config import RunConfig, to_toml
+from .config import ConfigError, RunConfig, to_toml
 from .estimators import make_estimator
 from .label_maps import make_label_map
 from .losses import make_loss
@@ -38,6 +38,8 @@ class Components:
 def build(config: RunConfig, *, backend: Backend | None = None,
           on_step: Callable | None = None, on_checkpoint: Callable | None = None) -> Components:
     """Every component of a run, checked against each other; no query is spent here."""
+    if config.train.method != "blackbox":
+        raise ConfigError(f"expected train.method 'blackbox', got {config.train.method!r}")
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)
     if backend is None:
@@ -128,6 +130,7 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "chance_accuracy": float(counts.max() / counts.sum()),   # always guessing the majority class
         "uniform_chance": 1.0 / test.num_classes,
         "best_validation_accuracy": result.best_validation_accuracy,
+        "best_validation_loss": result.best_validation_loss,
         "best_step": result.best_step,
         "steps": result.steps,
         "queries": {purpose: v["queries"] for purpose, v in result.ledger.items()
@@ -148,33 +151,48 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
     }
 
 
+class Run:
+    """A run with every component built and checked, nothing spent yet; ``execute`` trains
+    and writes the run folder. Splitting the two lets the CLI tell a refusal (nothing spent)
+    from a failure while running."""
+
+    def __init__(self, config: RunConfig, *, backend: Backend | None = None,
+                 progress: Callable[[dict], None] | None = None):
+        self.config, self.progress = config, progress
+        self.run_dir: Path | None = None
+        self._metrics = None
+        self.components = build(config, backend=backend, on_step=self._on_step,
+                                on_checkpoint=self._on_checkpoint)
+
+    def _on_step(self, row: dict) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        if self.progress:
+            self.progress(row)
+
+    def _on_checkpoint(self, state: dict) -> None:
+        save_checkpoint(self.run_dir / "checkpoint.pt", state)
+
+    def execute(self, run_dir: Path | None = None) -> tuple[Path, dict]:
+        components = self.components
+        self.run_dir = run_dir or new_run_dir(self.config)
+        atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
+        try:
+            with open(self.run_dir / "metrics.jsonl", "w") as self._metrics:
+                result = components.trainer.fit()
+        finally:
+            components.backend.close()
+        save_checkpoint(self.run_dir / "program.pt", {
+            "theta": result.theta, "label_map": result.label_map.state_dict(),
+            "classes": list(components.splits.train.classes)})
+        summary = result_dict(self.config, components, result)
+        atomic_write(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
+        from .plot import plot_run
+        plot_run(self.run_dir, summary, result.history)
+        return self.run_dir, summary
+
+
 def run(config: RunConfig, *, run_dir: Path | None = None, backend: Backend | None = None,
         progress: Callable[[dict], None] | None = None) -> tuple[Path, dict]:
     """Build, train, write the run folder. Returns (run folder, result dict)."""
-    metrics_handle = None
-
-    def on_step(row: dict) -> None:
-        metrics_handle.write(json.dumps(row) + "\n")
-        metrics_handle.flush()
-        if progress:
-            progress(row)
-
-    def on_checkpoint(state: dict) -> None:
-        save_checkpoint(run_dir / "checkpoint.pt", state)
-
-    components = build(config, backend=backend, on_step=on_step, on_checkpoint=on_checkpoint)
-    run_dir = run_dir or new_run_dir(config)
-    atomic_write(run_dir / "config.toml", to_toml(config).encode())
-    try:
-        with open(run_dir / "metrics.jsonl", "w") as metrics_handle:
-            result = components.trainer.fit()
-    finally:
-        components.backend.close()
-    save_checkpoint(run_dir / "program.pt", {
-        "theta": result.theta, "label_map": result.label_map.state_dict(),
-        "classes": list(components.splits.train.classes)})
-    summary = result_dict(config, components, result)
-    atomic_write(run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
-    from .plot import plot_run
-    plot_run(run_dir, summary, result.history)
-    return run_dir, summary
+    return Run(config, backend=backend, progress=progress).execute(run_dir)

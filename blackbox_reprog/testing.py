@@ -55,7 +55,9 @@ def check_answers(backend: Backend) -> None:
     x = _valid_batch(backend, 3)
     p = backend.query(x)
     assert isinstance(p, Prediction), f"query must return a Prediction, got {type(p).__name__}"
-    assert p.kind == backend.output_kind and len(p) == 3 and p.num_classes == backend.num_classes
+    assert p.kind == backend.output_kind, f"answers must be of the declared kind {backend.output_kind}, got {p.kind}"
+    assert len(p) == 3, f"a batch of 3 must get 3 answers, got {len(p)}"
+    assert p.num_classes == backend.num_classes, f"answers must have {backend.num_classes} classes, got {p.num_classes}"
     if p.kind in ("logits", "probs"):
         assert p.scores.shape == (3, backend.num_classes), f"scores must be (B, C), got {p.scores.shape}"
         assert np.isfinite(p.scores).all(), "scores must be finite"

@@ -88,3 +88,20 @@ def test_conformance_kit_catches_a_backend_that_sends_bad_batches():
             return self._predict(x)
     with pytest.raises(AssertionError, match="check_refusals failed"):
         check_backend(Careless(signal_model, input_shape=(1024,), num_classes=32))
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("tests.models:nothing_here", {"input_shape": [4], "num_classes": 2}, "expected an importable callable 'tests.models:nothing_here', got AttributeError"),
+    ("no_such_module:f", {"input_shape": [4], "num_classes": 2}, "expected an importable callable 'no_such_module:f', got ModuleNotFoundError"),
+    ("tests.models", {}, "expected a callable as 'module:function', got 'tests.models'"),
+    ("tests.models:signal_model", {"num_classes": 32}, r"expected backend.options \['input_shape'\] for a callable backend"),
+])
+def test_callable_config_errors_are_one_sentence(model, options, message):
+    with pytest.raises(ValueError, match=message):
+        create_backend("callable", model, **options)
+
+
+def test_answers_with_impossible_labels_are_rejected():
+    backend = CallableBackend(lambda x: np.full(len(x), 7), input_shape=(2,), num_classes=4, output_kind="label")
+    with pytest.raises(RuntimeError, match=r"expected integer labels in \[0, 4\), got int64 values in \[7, 7\]"):
+        backend.query(np.zeros((2, 2), np.float32))

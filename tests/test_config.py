@@ -45,3 +45,17 @@ def test_override_values_are_toml_with_bare_word_strings():
     assert parse_override("a.b=20") == (["a", "b"], 20)
     assert parse_override("a=true") == (["a"], True)
     assert parse_override("data.name=GunPoint") == (["data", "name"], "GunPoint")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "expected train.batch_size at least 1, got 0"),
+    ("estimator.smoothing=0", "expected estimator.smoothing above 0, got 0.0"),
+    ("optimizer.lr=-1", "expected optimizer.lr above 0, got -1.0"),
+    ("label_map.per_class=0", "expected label_map.per_class at least 1, got 0"),
+    ("data.validation_fraction=1", "expected data.validation_fraction below 1, got 1.0"),
+    ("budget=-5", "expected budget at least 0, got -5"),
+    ("budget=1.5", "expected an integer for budget, got 1.5"),
+])
+def test_values_out_of_range_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=(override,))

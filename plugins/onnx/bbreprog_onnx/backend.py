@@ -7,11 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
+from blackbox_reprog.backend import Backend, InputSpec, Prediction
 
 from .safety import _external_locations, check_model_file
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    """'low,high' from the model's metadata."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        low = high = math.nan
+    if not low < high:
+        raise ValueError(f"expected the model's bbreprog.value_range metadata as 'low,high' with low < high, got {text!r}")
+    return low, high
 
 
 def _resolve(model: str) -> Path:
@@ -65,7 +76,7 @@ class OnnxBackend(Backend):
             raise ValueError(f"expected a floating-point model input, got {first.type}")
         self.input_name = first.name
         if value_range is None and "bbreprog.value_range" in metadata:
-            value_range = tuple(float(v) for v in metadata["bbreprog.value_range"].split(","))
+            value_range = _parse_range(metadata["bbreprog.value_range"])
         self.input_spec = InputSpec(tuple(shape), _DTYPES[first.type],
                                     tuple(value_range) if value_range else (-math.inf, math.inf))
         self.output_kind = output_kind or metadata.get("bbreprog.output_kind", "logits")
