@@ -85,3 +85,14 @@ def test_train_writes_the_run_folder_and_evaluate_and_predict_read_it(tmp_path):
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("evaluate", str(tmp_path))
     assert result.exit_code == 2 and result.stderr.startswith("error: expected a finished run folder with program.pt")
+
+
+def test_the_demo_preset_documented_in_cli_md_is_the_real_one():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from blackbox_reprog.cli import DEMO
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    block = re.search(r"## `bbreprog demo`.*?```toml\n(.*?)```", text, re.S).group(1)
+    assert tomllib.loads(block) == DEMO
