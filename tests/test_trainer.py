@@ -87,3 +87,20 @@ def test_non_finite_losses_never_reach_the_step_rule():
     result = trainer.fit()
     assert any(r.get("skipped") == "non-finite loss" for r in result.history)
     assert torch.isfinite(result.theta).all()
+
+
+def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
+    from blackbox_reprog.label_maps import make_label_map, target_accuracy
+    from blackbox_reprog.ledger import Ledger
+    cfg = config(budget=20000, **{"label_map.kind": "iterative", "optimizer.lr": 0.1, "train.eval_every": 1000})
+    components = build(cfg, backend=backend())
+    result = components.trainer.fit()
+    t = components.trainer
+    t.ledger = Ledger(t.backend, None)
+    zero = torch.zeros(t.transform.num_params)
+    first_map = make_label_map("frequency", 32, 2, per_class=4).fit(
+        t._dataset_log_probs(zero, components.splits.train, "label-map"), torch.as_tensor(components.splits.train.y))
+    expected = target_accuracy(first_map(t._dataset_log_probs(zero, components.splits.test, "test")),
+                               torch.as_tensor(components.splits.test.y))
+    assert result.start_accuracy == pytest.approx(expected)
+    assert not torch.equal(result.label_map.assignment, first_map.assignment)   # the map did move
