@@ -21,7 +21,7 @@ DEMO = {
     "label_map": {"kind": "iterative", "per_class": 10},
     "loss": {"kind": "ce"},
     "estimator": {"kind": "random", "directions": 20, "smoothing": 0.01},
-    "optimizer": {"kind": "adam", "lr": 0.1, "schedule": "cosine"},
+    "optimizer": {"kind": "adam", "lr": 0.3, "schedule": "cosine"},
     "train": {"batch_size": 64, "eval_every": 5},
 }
 
@@ -41,10 +41,17 @@ def _fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def _with_method(overrides: tuple[str, ...], method: str | None) -> tuple[str, ...]:
+    return overrides + ((f"train.method={method}",) if method else ())
+
+
 def common_options(command):
     for option in reversed([
         click.option("--budget", type=int, help="Queries to spend (all but the final test pass)."),
         click.option("--seed", type=int, help="Random seed; same seed, same result."),
+        click.option("--method", type=click.Choice(["blackbox", "whitebox", "evolution"]),
+                     help="blackbox: zeroth-order estimates; whitebox: autograd through the torch "
+                          "plugin (reference); evolution: nevergrad."),
         click.option("--out", type=click.Path(file_okay=False), help="Folder for run folders [runs]."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. --set estimator.directions=20."),
@@ -105,11 +112,11 @@ def _train(config: RunConfig, quiet: bool) -> None:
 
 @main.command()
 @common_options
-def demo(budget, seed, out, overrides, quiet):
+def demo(budget, seed, method, out, overrides, quiet):
     """Reprogram the embedded pitch model CREPE-tiny (ONNX, black-box) to classify
     ItalyPowerDemand time series. About two minutes on two CPU cores."""
     try:
-        config = load_config(base=DEMO, overrides=overrides, budget=budget, seed=seed, out=out)
+        config = load_config(base=DEMO, overrides=_with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         _fail(str(error))
     _train(config, quiet)
@@ -118,10 +125,10 @@ def demo(budget, seed, out, overrides, quiet):
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @common_options
-def train(config_file, budget, seed, out, overrides, quiet):
+def train(config_file, budget, seed, method, out, overrides, quiet):
     """Train a program and a label map from a TOML config."""
     try:
-        config = load_config(config_file, overrides=overrides, budget=budget, seed=seed, out=out)
+        config = load_config(config_file, overrides=_with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         _fail(str(error))
     _train(config, quiet)

@@ -22,6 +22,8 @@ class BackendConfig:
     name: str = "onnx"              # entry point in blackbox_reprog.backends
     model: str = "crepe-tiny"       # zoo name, model file, or (callable) "module:function"
     options: dict = field(default_factory=dict)   # passed to the backend's constructor
+    output: str = ""                # degrade the answers: "" (as they come) | probs | topk | label
+    k: int = 5                      # labels kept by output = "topk"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class TransformConfig:
     scale: float = 1.0              # signal: program amplitude per unit θ
     inner: int = 0                  # frame: side of the resized target (0 = half the canvas)
     epsilon: float = 0.5            # additive: bound of the perturbation
+    subspace: int = 0               # search θ = A·z in a random k-dim subspace (BBT); 0 = off
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,15 @@ class LabelMapConfig:
     per_class: int = 1              # source labels per target class (many-to-one maps)
     l2: float = 1e-3                # linear head penalty
     refit: bool = False             # linear head: refit every epoch
+    blm_lambda: float = 1.0         # blm / blm+: smoothing λ of ω = C / (ΣC + λ)
+    blm_topk: int = 0               # blm+: top-k source probabilities summed (0: ⌈0.15·K⌉ rule)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    kind: str = "ce"                # ce | focal
-    gamma: float = 2.0
+    kind: str = "ce"                # ce | focal | margin | zero-one
+    gamma: float = 2.0              # focal
+    margin: float = 1.0             # margin (multi-class hinge)
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,20 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class EvolutionConfig:
+    optimizer: str = "DiagonalCMA"  # any nevergrad registry name: CMA, TwoPointsDE, TBPSA, NGOpt…
+    popsize: int = 20               # candidates asked, scored in one call and told per step
+    sigma: float = 0.1              # initial mutation scale (large ones overfit a small validation split)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    method: str = "blackbox"        # blackbox
+    method: str = "blackbox"        # blackbox (zeroth-order) | whitebox (autograd) | evolution
     batch_size: int = 64
     max_steps: int = 0              # 0: until the budget is spent
     eval_every: int = 10            # steps between validation passes
     checkpoint_every: int = 10
+    compare_with: str = ""          # also run this method with the same seed and steps (e.g. whitebox)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class RunConfig:
     loss: LossConfig = LossConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    evolution: EvolutionConfig = EvolutionConfig()
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:
@@ -174,13 +189,23 @@ _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "train.eval_every": (1, True), "train.checkpoint_every": (0, True),
     "estimator.directions": (1, True), "estimator.smoothing": (0, False), "optimizer.lr": (0, False),
     "transform.grid": (0, True), "transform.inner": (0, True), "transform.epsilon": (0, False),
-    "label_map.per_class": (1, True), "label_map.l2": (0, True), "loss.gamma": (0, True),
+    "label_map.per_class": (1, True), "transform.subspace": (0, True), "backend.k": (1, True),
+    "evolution.popsize": (1, True), "evolution.sigma": (0, False), "label_map.blm_lambda": (0, True),
+    "label_map.blm_topk": (0, True), "loss.margin": (0, True), "label_map.l2": (0, True), "loss.gamma": (0, True),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }
 
 
+CHOICES = {"train.method": ("blackbox", "whitebox", "evolution"), "backend.output": ("", "probs", "topk", "label"),
+           "train.compare_with": ("", "blackbox", "whitebox", "evolution")}
+
+
 def _check_limits(config: RunConfig) -> None:
     values = config.to_dict()
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if values[section][name] not in allowed:
+            raise ConfigError(f"expected {key} among {', '.join(repr(a) for a in allowed)}, got {values[section][name]!r}")
     for key, (lowest, inclusive) in _LIMITS.items():
         value = values
         for part in key.split("."):

@@ -5,6 +5,11 @@
   C[s, t] = #{argmax f(x_i) = s, y_i = t} (ILM-VP, Chen et al. 2023). Needs top-1 only.
 - ``iterative`` (ILM): the frequency map refitted every epoch with the current program.
 - ``linear``: softmax regression on the standardised source log-probabilities.
+- ``blm`` (BLM, Cai et al., NeurIPS 2024): a real-valued reweighting matrix ω (C, K) from the
+  same counts, ω[s, t] = C[s, t] / (Σ_t' C[s, t'] + λ), columns normalised; scores log(p · ω).
+  Needs top-1 only. Refitted every epoch, as the authors do.
+- ``blm+`` (BLM+): as BLM, with C[s, t] the summed top-k source probabilities of the examples
+  of class t. Needs scores (probs, logits or top-k with k at least the map's k).
 
 A many-to-one map scores target class j by the mean probability of its source labels,
 h_j = mean_{s∈S_j} p_s (BAR's multi-label mapping), returned as log h_j.
@@ -14,6 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+#: scores are log(max(p · ω, SCORE_FLOOR)) so an all-zero mixture does not become −inf
+SCORE_FLOOR = 1e-12
 
 
 class LabelMap:
@@ -60,7 +68,7 @@ class ManyToOneMap(LabelMap):
         weights[used, self.assignment[used]] = 1.0
         weights /= weights.sum(dim=0, keepdim=True).clamp_min(1)
         mixed = log_probs.exp() @ weights                            # (..., B, K)
-        return mixed.clamp_min(1e-12).log()
+        return mixed.clamp_min(SCORE_FLOOR).log()
 
     def sources_of(self, target: int) -> list[int]:
         return torch.nonzero(self.assignment == target).flatten().tolist()
@@ -164,8 +172,111 @@ class LinearHead(LabelMap):
         self.weight, self.bias = state["weight"], state["bias"]
 
 
+class BayesianMap(LabelMap):
+    """Bayesian-guided label mapping (BLM; Cai et al., NeurIPS 2024).
+
+    From a (C, K) matrix of co-occurrences C[s, t] between source class s and target class t,
+    ω[s, t] = C[s, t] / (Σ_t' C[s, t'] + λ) estimates P(y_T = t | y_S = s) with Laplace
+    smoothing λ (a source class seen rarely gets small weights), and each column is then
+    normalised to sum 1. Target class t scores log(Σ_s p_s ω[s, t]) = log(p · ω).
+
+    Differences from the authors' code (tmlr-group/BayesianLM), both for a black-box setting:
+    - they multiply the raw logits by ω; we multiply probabilities, the one thing every output
+      kind can give (logits, probs, top-k, label), and return the log so losses see logits;
+    - a column with no mass (a target class with no example in the fitting data: every example
+      of class t adds to column t) would divide by 0 there. We make it uniform, 1/C: with no
+      evidence, every source class speaks equally for t, whose score is then log(1/C) for any
+      input. A summed-probability tie-break (as ``FrequencyMap`` uses) would not help: that
+      sum is also 0 when the class has no examples.
+    """
+
+    refit_each_epoch = True                                  # the authors refit every epoch
+
+    def __init__(self, num_source: int, num_target: int, lam: float = 1.0):
+        super().__init__(num_source, num_target)
+        if not lam >= 0:
+            raise ValueError(f"expected a Laplace smoothing λ ≥ 0, got {lam}")
+        self.lam = float(lam)
+        # before any fit: every source class weighs the same for every target class
+        self.omega = torch.full((num_source, num_target), 1.0 / num_source)  # (C, K)
+
+    def _counts(self, log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N, C) log-probabilities, (N,) labels → (C, K) float64 co-occurrence matrix."""
+        raise NotImplementedError
+
+    def fit(self, log_probs, y):
+        y = y.long()
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_target):
+            raise ValueError(f"expected target labels in [0, {self.num_target}), got labels in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        counts = self._counts(log_probs, y)                                  # (C, K)
+        # with λ = 0 a source class never seen would be 0 / 0: its row stays 0 instead
+        smoothed = (counts.sum(dim=1, keepdim=True) + self.lam).clamp_min(torch.finfo(torch.float64).tiny)
+        omega = counts / smoothed                                            # (C, K)
+        column = omega.sum(dim=0, keepdim=True)                              # (1, K)
+        empty = column[0] <= 0
+        omega[:, empty] = 1.0 / self.num_source                              # no evidence: uniform
+        column[:, empty] = 1.0
+        self.omega = (omega / column).float()                                # columns sum to 1
+        return self
+
+    def __call__(self, log_probs):
+        mixed = log_probs.exp() @ self.omega                                 # (..., B, K)
+        return mixed.clamp_min(SCORE_FLOOR).log()
+
+    def state_dict(self):
+        return {"omega": self.omega.clone()}
+
+    def load_state_dict(self, state):
+        self.omega = state["omega"].clone()
+
+
+class BLM(BayesianMap):
+    """C[s, t] = #{i : argmax f(x_i) = s, y_i = t}: top-1 counts, so label-only APIs work."""
+
+    kind = "blm"
+
+    def _counts(self, log_probs, y):
+        counts = torch.zeros(self.num_source, self.num_target, dtype=torch.float64)   # (C, K)
+        counts.index_put_((log_probs.argmax(dim=1), y), torch.ones(len(y), dtype=torch.float64),
+                          accumulate=True)
+        return counts
+
+
+def default_blm_topk(num_target: int) -> int:
+    """BLM+'s k: 15 % of the target classes, truncated as in the authors' code
+    (``int(len(class_names) * 0.15)``), and at least 1 so small tasks still count something."""
+    return max(1, int(0.15 * num_target))
+
+
+class BLMPlus(BayesianMap):
+    """C[s, t] = Σ_{i: y_i = t} p_s(x_i) over the top-k source classes of example i (0 elsewhere):
+    the runner-up classes vote too, weighted by the model's confidence."""
+
+    kind = "blm+"
+
+    def __init__(self, num_source: int, num_target: int, lam: float = 1.0, topk: int = 0):
+        super().__init__(num_source, num_target, lam)
+        self.topk = int(topk) or default_blm_topk(num_target)
+        if not 1 <= self.topk <= num_source:
+            raise ValueError(f"expected a BLM+ top-k in [1, {num_source}], got {self.topk}")
+
+    def _counts(self, log_probs, y):
+        probs = log_probs.exp().double()                                     # (N, C)
+        top_values, top_indices = probs.topk(self.topk, dim=1)               # (N, k)
+        kept = torch.zeros_like(probs).scatter_(1, top_indices, top_values)  # (N, C) top-k only
+        onehot = torch.nn.functional.one_hot(y, self.num_target).double()    # (N, K)
+        return kept.T @ onehot                                               # (C, K)
+
+
+LABEL_MAP_KINDS = ("random", "frequency", "iterative", "linear", "blm", "blm+")
+
+
 def make_label_map(kind: str, num_source: int, num_target: int, *, per_class: int = 1,
-                   seed: int = 0, l2: float = 1e-3, refit: bool = False) -> LabelMap:
+                   seed: int = 0, l2: float = 1e-3, refit: bool = False,
+                   blm_lambda: float = 1.0, blm_topk: int = 0) -> LabelMap:
+    """``blm_lambda`` is BLM's Laplace smoothing λ; ``blm_topk`` is BLM+'s k (0: 15 % of the
+    target classes, at least 1). ``per_class``, ``seed``, ``l2``, ``refit`` are for the others."""
     if kind == "random":
         return RandomMap(num_source, num_target, per_class, seed)
     if kind == "frequency":
@@ -174,7 +285,11 @@ def make_label_map(kind: str, num_source: int, num_target: int, *, per_class: in
         return IterativeMap(num_source, num_target, per_class)
     if kind == "linear":
         return LinearHead(num_source, num_target, l2, refit)
-    raise ValueError(f"unknown label map {kind!r}; expected one of: random, frequency, iterative, linear")
+    if kind == "blm":
+        return BLM(num_source, num_target, blm_lambda)
+    if kind == "blm+":
+        return BLMPlus(num_source, num_target, blm_lambda, blm_topk)
+    raise ValueError(f"unknown label map {kind!r}; expected one of: {', '.join(LABEL_MAP_KINDS)}")
 
 
 def target_accuracy(target_logits: torch.Tensor, y: torch.Tensor) -> float:

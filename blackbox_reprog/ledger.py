@@ -53,14 +53,17 @@ class Ledger:
     def can_afford(self, queries: int, purpose: str = "train") -> bool:
         return purpose in UNBUDGETED or queries <= self.remaining
 
-    def query(self, x: np.ndarray, purpose: str) -> Prediction:
+    def _admit(self, queries: int, purpose: str) -> None:
         if purpose not in self.tallies:
             raise ValueError(f"expected a purpose among {', '.join(PURPOSES)}, got {purpose!r}")
-        self.backend.input_spec.check(x)
-        if not self.can_afford(len(x), purpose):
+        if not self.can_afford(queries, purpose):
             raise BudgetExceeded(
-                f"a {purpose} call of {len(x)} queries would exceed the budget "
+                f"a {purpose} call of {queries} queries would exceed the budget "
                 f"({self.spent} of {self.budget} spent)")
+
+    def query(self, x: np.ndarray, purpose: str) -> Prediction:
+        self.backend.input_spec.check(x)
+        self._admit(len(x), purpose)
         started = time.perf_counter()
         prediction = self.backend.query(x)
         tally = self.tallies[purpose]
@@ -68,6 +71,13 @@ class Ledger:
         tally.calls += self.backend.calls_for(len(x))
         tally.seconds += time.perf_counter() - started
         return prediction
+
+    def spend(self, queries: int, purpose: str) -> None:
+        """Book work done outside ``query`` — a white-box forward+backward pass counts one query
+        per example, so both paths share one axis. Refused, like a query, if over budget."""
+        self._admit(queries, purpose)
+        self.tallies[purpose].queries += queries
+        self.tallies[purpose].calls += 1
 
     def summary(self) -> dict:
         """Per purpose and in total: queries, calls, seconds; plus the budget."""

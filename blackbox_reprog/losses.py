@@ -1,7 +1,12 @@
-"""Losses on target-class scores: cross-entropy and class-balanced focal loss (BAR).
+"""Losses on target-class scores: cross-entropy, class-balanced focal loss (BAR), multi-class
+margin, and the 0-1 error.
 
-Both take target logits (..., B, K) and labels (B,) and return one loss per leading row,
+All take target logits (..., B, K) and labels (B,) and return one loss per leading row,
 so a whole population of perturbed programs is scored in one call.
+
+For partial outputs: ``margin`` depends only on score differences, so the floored scores of
+classes outside a top-k answer simply tie; ``zero-one`` needs only the top-1 target class and
+suits evolutionary search on label-only APIs.
 """
 from __future__ import annotations
 
@@ -41,9 +46,53 @@ class FocalLoss:
         return loss.mean(dim=-1)
 
 
-def make_loss(kind: str, *, gamma: float = 2.0, class_counts=None):
+class Margin:
+    """Multi-class hinge (Crammer–Singer): mean of max(0, κ + max_{j≠y} s_j − s_y).
+
+    Zero once the true class leads every other by κ. It compares scores, never normalises them,
+    so it behaves the same on log-probabilities, raw logits or floored top-k scores."""
+
+    kind = "margin"
+
+    def __init__(self, margin: float = 1.0):
+        if not margin >= 0:
+            raise ValueError(f"expected a margin κ ≥ 0, got {margin}")
+        self.margin = float(margin)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        index = y.expand(*logits.shape[:-1])[..., None]                       # (..., B, 1)
+        true = logits.gather(-1, index)[..., 0]                               # (..., B)
+        others = logits.scatter(-1, index, float("-inf"))                     # (..., B, K) true masked
+        best_other = others.max(dim=-1).values                                # (..., B)
+        return (self.margin + best_other - true).clamp_min(0).mean(dim=-1)
+
+
+class ZeroOne:
+    """The error rate: mean of argmax_j s_j ≠ y (ties go to the lowest class index).
+
+    Not differentiable: it is piecewise constant in the program, so a zeroth-order estimator
+    sees a difference of 0 unless a perturbation flips some example's top class, and its
+    gradient estimates are mostly 0. Meant for evolutionary / comparison-based search
+    (nevergrad), which only needs to rank candidates, e.g. on label-only APIs."""
+
+    kind = "zero-one"
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        wrong = logits.argmax(dim=-1) != y                                    # (..., B)
+        return wrong.float().mean(dim=-1)
+
+
+LOSS_KINDS = ("ce", "focal", "margin", "zero-one")
+
+
+def make_loss(kind: str, *, gamma: float = 2.0, class_counts=None, margin: float = 1.0):
+    """``gamma`` and ``class_counts`` are for focal, ``margin`` (κ) for margin."""
     if kind == "ce":
         return CrossEntropy()
     if kind == "focal":
         return FocalLoss(gamma, class_counts)
-    raise ValueError(f"unknown loss {kind!r}; expected one of: ce, focal")
+    if kind == "margin":
+        return Margin(margin)
+    if kind == "zero-one":
+        return ZeroOne()
+    raise ValueError(f"unknown loss {kind!r}; expected one of: {', '.join(LOSS_KINDS)}")

@@ -4,9 +4,19 @@ Label maps and losses work on one representation, (B, C) log-probabilities, what
 API returned:
 - ``logits``: log-softmax.
 - ``probs``: log of the probabilities, floored at ``FLOOR`` so a zero does not become −inf.
-- ``topk``: the k known scores are kept; the missing probability mass 1 − Σ top-k is spread
-  evenly over the other C − k classes, never below ``FLOOR``.
-- ``label``: the top-1 class gets 1 − ε, the others share ε (ε = ``LABEL_EPSILON``).
+- ``topk``: the k scores are read as probabilities of their labels (not logits, not log-probs:
+  ``DegradedBackend`` and the usual APIs answer probabilities). Each score is floored at
+  ``FLOOR`` (a negative or zero score would be no probability at all). If a row's k scores
+  then sum above 1 + ``TOPK_TOLERANCE`` they cannot be probabilities of one distribution (an
+  API that rounds up, or answers unnormalised confidences): that row is divided by its sum, so
+  the k known classes keep their ratios and take all the mass. A sum up to 1 + tolerance is
+  kept as is (rounding). The missing mass max(0, 1 − Σ top-k) is then spread evenly over the
+  other C − k classes, never below ``FLOOR``: a row whose k scores already sum to 1 gives
+  every unseen class ``FLOOR``. Rows are not renormalised after flooring, so they can sum to
+  slightly more than 1 (by at most C·FLOOR + tolerance).
+- ``label``: the top-1 class gets 1 − ε, the others share ε evenly (ε = ``LABEL_EPSILON``),
+  i.e. ε / (C − 1) each. ε keeps log-probabilities finite and says the API's top-1 is right
+  with probability 1 − ε; only the top-1 is known, so the argmax is the one trustworthy bit.
 """
 from __future__ import annotations
 
@@ -17,6 +27,8 @@ from .backend import Prediction
 
 FLOOR = 1e-8
 LABEL_EPSILON = 0.1
+#: top-k scores may sum this much above 1 (rounding) before a row is renormalised
+TOPK_TOLERANCE = 1e-3
 
 
 def source_log_probs(prediction: Prediction) -> torch.Tensor:
@@ -28,7 +40,10 @@ def source_log_probs(prediction: Prediction) -> torch.Tensor:
         return torch.as_tensor(np.log(np.clip(prediction.scores, FLOOR, None)), dtype=torch.float32)
     rows = np.arange(len(prediction))[:, None]                        # (B, 1)
     if kind == "topk":
-        scores = np.clip(prediction.scores, FLOOR, None)              # (B, k)
+        scores = np.clip(prediction.scores.astype(np.float64), FLOOR, None)  # (B, k)
+        total = scores.sum(axis=1, keepdims=True)                     # (B, 1)
+        # more than all the mass: not probabilities of one distribution, so rescale the row
+        scores = scores / np.where(total > 1.0 + TOPK_TOLERANCE, total, 1.0)
         k = scores.shape[1]
         rest = np.clip(1.0 - scores.sum(axis=1, keepdims=True), 0.0, None) / max(classes - k, 1)
         probs = np.broadcast_to(np.clip(rest, FLOOR, None), (len(prediction), classes)).copy()

@@ -6,6 +6,7 @@ Trainer, and writes the run folder: ``config.toml``, ``metrics.jsonl``, ``checkp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,10 +20,12 @@ import torch
 from . import data as data_module
 from .backend import Backend
 from .config import ConfigError, RunConfig, to_toml
+from .degrade import degrade
 from .estimators import make_estimator
 from .label_maps import make_label_map
 from .losses import make_loss
 from .registry import create_backend
+from .search import Autograd, Evolution, ZerothOrder
 from .step_rules import make_optimizer, make_schedule
 from .trainer import Trainer, TrainingResult
 from .transforms import make_transform
@@ -38,34 +41,60 @@ class Components:
 def build(config: RunConfig, *, backend: Backend | None = None,
           on_step: Callable | None = None, on_checkpoint: Callable | None = None) -> Components:
     """Every component of a run, checked against each other; no query is spent here."""
-    if config.train.method != "blackbox":
-        raise ConfigError(f"expected train.method 'blackbox', got {config.train.method!r}")
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)
     if backend is None:
-        backend = create_backend(config.backend.name, config.backend.model, **config.backend.options)
+        backend = create_backend(backend_name(config), config.backend.model, **config.backend.options)
+    backend = degrade(backend, config.backend.output, config.backend.k)
     transform, label_map = build_program(config, backend, splits.train)
     counts = np.bincount(splits.train.y, minlength=splits.train.num_classes)
-    loss = make_loss(config.loss.kind, gamma=config.loss.gamma, class_counts=counts)
-    e = config.estimator
-    estimator = make_estimator(e.kind, transform.num_params, directions=e.directions,
-                               smoothing=e.smoothing, distribution=e.distribution)
-    o, tr = config.optimizer, config.train
-    batch = min(tr.batch_size, len(splits.train))
-    expected_steps = tr.max_steps or max(config.budget // (estimator.population * batch), 1)
+    loss = make_loss(config.loss.kind, gamma=config.loss.gamma, class_counts=counts, margin=config.loss.margin)
+    trainer = Trainer(backend=backend, transform=transform, label_map=label_map, loss=loss,
+                      make_search=search_factory(config, backend, transform, len(splits.train)),
+                      train=splits.train, validation=splits.validation, test=splits.test,
+                      budget=config.budget, batch_size=config.train.batch_size,
+                      max_steps=config.train.max_steps, eval_every=config.train.eval_every,
+                      seed=config.seed, on_step=on_step, on_checkpoint=on_checkpoint,
+                      checkpoint_every=config.train.checkpoint_every)
+    return Components(backend, splits, trainer)
 
-    def make_step_rule(params):
-        rule = make_optimizer(o.kind, params, lr=o.lr, momentum=o.momentum)
-        return rule, make_schedule(o.schedule, rule, total_steps=expected_steps, decay=o.decay,
+
+def backend_name(config: RunConfig) -> str:
+    """The white-box path needs gradients: a zoo model asked for through ONNX is served by the
+    torch plugin instead — the same network from the same weights."""
+    from . import zoo
+    if config.train.method == "whitebox" and config.backend.name == "onnx" and config.backend.model in zoo.zoo_names():
+        return "torch"
+    return config.backend.name
+
+
+def search_factory(config: RunConfig, backend: Backend, transform, train_size: int) -> Callable:
+    """A function of the trainer that builds the search strategy the config asks for."""
+    method, o = config.train.method, config.optimizer
+    batch = min(config.train.batch_size, train_size)
+
+    def step_rule(theta, population: int):
+        steps = config.train.max_steps or max(config.budget // (population * batch), 1)
+        rule = make_optimizer(o.kind, [theta], lr=o.lr, momentum=o.momentum)
+        return rule, make_schedule(o.schedule, rule, total_steps=steps, decay=o.decay,
                                    offset=o.offset, power=o.power)
 
-    trainer = Trainer(backend=backend, transform=transform, label_map=label_map, loss=loss,
-                      estimator=estimator, make_step_rule=make_step_rule, train=splits.train,
-                      validation=splits.validation, test=splits.test, budget=config.budget,
-                      batch_size=tr.batch_size, max_steps=tr.max_steps, eval_every=tr.eval_every,
-                      seed=config.seed, on_step=on_step, on_checkpoint=on_checkpoint,
-                      checkpoint_every=tr.checkpoint_every)
-    return Components(backend, splits, trainer)
+    if method == "blackbox":
+        e = config.estimator
+        estimator = make_estimator(e.kind, transform.num_params, directions=e.directions,
+                                   smoothing=e.smoothing, distribution=e.distribution)
+        return lambda trainer: ZerothOrder(estimator, *step_rule(trainer.theta, estimator.population),
+                                           trainer.generator)
+    if method == "whitebox":
+        if backend.output_kind not in ("logits", "probs") or not hasattr(backend, "forward_tensor"):
+            raise ConfigError(f"expected a backend with gradients (the torch plugin) for train.method "
+                              f"'whitebox', got {backend.name} answering {backend.output_kind}")
+        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer.theta, 1))
+    ev = config.evolution
+    generations = max(config.budget // (ev.popsize * batch), 1)
+    search = Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
+                       seed=config.seed, generations=generations)
+    return lambda trainer: search
 
 
 def build_program(config: RunConfig, backend: Backend, train: data_module.Dataset):
@@ -74,9 +103,11 @@ def build_program(config: RunConfig, backend: Backend, train: data_module.Datase
     options = {"signal": {"grid": t.grid, "scale": t.scale},
                "frame": {"grid": t.grid, "inner": t.inner},
                "additive": {"grid": t.grid, "epsilon": t.epsilon}}.get(t.kind, {})
-    transform = make_transform(t.kind, train.x.shape[1:], spec.shape, spec.value_range, **options)
-    label_map = make_label_map(m.kind, backend.num_classes, train.num_classes,
-                               per_class=m.per_class, seed=config.seed, l2=m.l2, refit=m.refit)
+    transform = make_transform(t.kind, train.x.shape[1:], spec.shape, spec.value_range,
+                               subspace=t.subspace, seed=config.seed, **options)
+    label_map = make_label_map(m.kind, backend.num_classes, train.num_classes, per_class=m.per_class,
+                               seed=config.seed, l2=m.l2, refit=m.refit, blm_lambda=m.blm_lambda,
+                               blm_topk=m.blm_topk)
     return transform, label_map
 
 
@@ -147,7 +178,7 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
                  "classes": test.num_classes},
         "program": {**components.trainer.transform.describe()},
         "label_map": config.label_map.kind,
-        "estimator": {"kind": config.estimator.kind, "population": components.trainer.estimator.population},
+        "search": search_summary(config, components.trainer.search),
     }
 
 
@@ -186,10 +217,34 @@ class Run:
             "theta": result.theta, "label_map": result.label_map.state_dict(),
             "classes": list(components.splits.train.classes)})
         summary = result_dict(self.config, components, result)
+        if self.config.train.compare_with:
+            summary["comparison"] = self._compare(result.steps)
         atomic_write(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
         from .plot import plot_run
         plot_run(self.run_dir, summary, result.history)
         return self.run_dir, summary
+
+
+    def _compare(self, steps: int) -> dict:
+        """The same config, seed and number of steps with another method, in a subfolder; its
+        queries are its own (a white-box step counts one query per example)."""
+        method = self.config.train.compare_with
+        other = dataclasses.replace(self.config, train=dataclasses.replace(
+            self.config.train, method=method, max_steps=steps, compare_with=""))
+        folder = self.run_dir / f"compare-{method}"
+        folder.mkdir()
+        _, summary = Run(other, progress=self.progress).execute(folder)
+        keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
+        return {"method": method, "run_dir": folder.name, **{k: summary[k] for k in keys}}
+
+
+def search_summary(config: RunConfig, search) -> dict:
+    if config.train.method == "blackbox":
+        return {"method": "blackbox", "estimator": config.estimator.kind, "population": search.population,
+                "optimizer": config.optimizer.kind}
+    if config.train.method == "whitebox":
+        return {"method": "whitebox", "optimizer": config.optimizer.kind, "population": 1}
+    return {"method": "evolution", "optimizer": config.evolution.optimizer, "population": search.population}
 
 
 def run(config: RunConfig, *, run_dir: Path | None = None, backend: Backend | None = None,

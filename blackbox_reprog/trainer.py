@@ -15,9 +15,9 @@ import torch
 
 from .backend import Backend
 from .data import Dataset
-from .estimators import Estimator
 from .label_maps import LabelMap, target_accuracy
 from .ledger import Ledger
+from .search import Search
 from .outputs import source_log_probs
 from .transforms import Transform
 
@@ -48,21 +48,25 @@ class Trainer:
     eval_chunk = 256  # examples per evaluation call, to bound memory on large canvases
 
     def __init__(self, *, backend: Backend, transform: Transform, label_map: LabelMap, loss,
-                 estimator: Estimator, make_step_rule: Callable, train: Dataset, validation: Dataset,
+                 make_search: Callable[["Trainer"], Search], train: Dataset, validation: Dataset,
                  test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
                  eval_every: int = 10, seed: int = 0,
                  on_step: Callable[[dict], None] | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0):
         self.backend, self.transform, self.label_map = backend, transform, label_map
-        self.loss, self.estimator = loss, estimator
+        self.loss = loss
         self.train_set, self.validation, self.test = train, validation, test
         self.batch_size = min(int(batch_size), len(train))
         self.max_steps, self.eval_every, self.seed = int(max_steps), max(int(eval_every), 1), int(seed)
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.checkpoint_every = int(checkpoint_every)
         self.ledger = Ledger(backend, budget)
+        self.theta = torch.zeros(transform.num_params, requires_grad=True)
+        self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
+        self.order_rng = np.random.default_rng(self.seed)          # batch order
+        self.search = make_search(self)
 
-        self.step_cost = estimator.population * self.batch_size
+        self.step_cost = self.search.population * self.batch_size
         self.map_cost = len(train) if label_map.needs_fit else 0
         self.validation_cost = len(validation)
         # the smallest useful run: fit the map, validate the zero program, one step, validate it
@@ -70,14 +74,11 @@ class Trainer:
         if budget < minimum:
             raise BudgetTooSmall(
                 f"expected a budget of at least {minimum} queries (label map {self.map_cost}, one step "
-                f"{self.step_cost} = {estimator.population} programs × batch {self.batch_size}, two "
+                f"{self.step_cost} = {self.search.population} programs × batch {self.batch_size}, two "
                 f"validation passes of {self.validation_cost}), got {budget}")
 
-        self.theta = torch.zeros(transform.num_params, requires_grad=True)
-        self.step_rule, self.schedule = make_step_rule([self.theta])
-
     # ---- queries -------------------------------------------------------------------------
-    def _log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
+    def log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
         """thetas (P, d), x (B, ...) → (P, B, C) source log-probabilities, one batched call."""
         with torch.no_grad():
             inputs = self.transform(thetas, x)                       # (P, B, *source_shape)
@@ -88,7 +89,7 @@ class Trainer:
     def _dataset_log_probs(self, theta: torch.Tensor, data: Dataset, purpose: str) -> torch.Tensor:
         """(N, C) source log-probabilities of a whole split under one program."""
         x = torch.as_tensor(data.x)
-        parts = [self._log_probs(theta.detach()[None], x[i:i + self.eval_chunk], purpose)[0]
+        parts = [self.log_probs(theta.detach()[None], x[i:i + self.eval_chunk], purpose)[0]
                  for i in range(0, len(x), self.eval_chunk)]
         return torch.cat(parts)
 
@@ -100,8 +101,6 @@ class Trainer:
     def fit(self) -> TrainingResult:
         started = time.perf_counter()
         torch.manual_seed(self.seed)
-        self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
-        self.order_rng = np.random.default_rng(self.seed)          # batch order
         x_train = torch.as_tensor(self.train_set.x)
         y_train = torch.as_tensor(self.train_set.y)
 
@@ -110,7 +109,8 @@ class Trainer:
             self.label_map.fit(self._dataset_log_probs(zero, self.train_set, "label-map"), y_train)
         start_map = self.label_map.state_dict()             # the map as fitted to the zero program
 
-        best = {"loss": math.inf, "accuracy": None, "theta": self.theta.detach().clone(), "map": self.label_map.state_dict(), "step": 0}
+        best = {"loss": math.inf, "accuracy": None, "theta": self.theta.detach().clone(),
+                "map": self.label_map.state_dict(), "step": 0}
         self._validate(0, best)
 
         steps_per_epoch = math.ceil(len(self.train_set) / self.batch_size)
@@ -124,21 +124,14 @@ class Trainer:
             index, self.stream = self.stream[: self.batch_size], self.stream[self.batch_size:]
             xb, yb = x_train[index], y_train[index]                  # (B, ...), (B,)
 
-            thetas = self.estimator.propose(self.theta.detach(), self.generator)  # (P, d)
-            log_probs = self._log_probs(thetas, xb, "train")         # (P, B, C)
-            losses = self.loss(self.label_map(log_probs), yb)        # (P,)
+            losses, around = self.search.step(self, xb, yb)         # (P,), (B, C)
             step += 1
             row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
-            if torch.isfinite(losses).all():                         # never feed NaN/inf to a step rule
-                self.step_rule.zero_grad()
-                self.theta.grad = self.estimator.estimate(losses)
-                self.step_rule.step()
-                self.schedule.step()
-            else:
+            if not torch.isfinite(losses).all():
                 row["skipped"] = "non-finite loss"
             if self.label_map.refit_each_epoch:
                 # outputs around θ, already paid for: refitting the map costs no query
-                epoch_outputs.append((log_probs.exp().mean(dim=0).log(), yb))
+                epoch_outputs.append((around, yb))
                 if step % steps_per_epoch == 0:
                     self.label_map.fit(torch.cat([o for o, _ in epoch_outputs]), torch.cat([t for _, t in epoch_outputs]))
                     epoch_outputs.clear()
@@ -190,10 +183,8 @@ class Trainer:
 
     def state_dict(self, step: int, best: dict) -> dict:
         return {"step": step, "theta": self.theta.detach().clone(),
-                "step_rule": self.step_rule.state_dict(), "schedule": self.schedule.state_dict(),
-                "estimator": self.estimator.state_dict(), "label_map": self.label_map.state_dict(),
+                "search": self.search.state_dict(), "label_map": self.label_map.state_dict(),
                 "best_theta": best["theta"], "best_loss": best["loss"], "best_accuracy": best["accuracy"],
                 "best_step": best["step"],
                 "ledger": self.ledger.state_dict(),
-                "rng": {"perturbations": self.generator.get_state(),
-                        "batch_order": self.order_rng.bit_generator.state, "stream": list(self.stream)}}
+                "rng": {"batch_order": self.order_rng.bit_generator.state, "stream": list(self.stream)}}

@@ -167,11 +167,39 @@ class AdditiveProgram(Transform):
         return resized[None] + self.epsilon * torch.tanh(w)[:, None]  # (P, B, C, H, W)
 
 
+class Subspace(Transform):
+    """Search a random k-dimensional subspace of another transform's θ (BBT, Sun et al. 2022):
+    θ = A·z with A a fixed Gaussian (d, k) matrix, entries N(0, 1/k) so each θ_i has the scale
+    of one z_j. Fewer dimensions make zeroth-order and evolutionary search tractable."""
+
+    def __init__(self, inner: Transform, dim: int, seed: int = 0):
+        self.inner, self.kind = inner, f"{inner.kind}+subspace"
+        self.target_shape, self.source_shape = inner.target_shape, inner.source_shape
+        self.low, self.high = inner.low, inner.high
+        generator = torch.Generator().manual_seed(seed)
+        self.projection = torch.randn(inner.num_params, dim, generator=generator) / math.sqrt(dim)  # (d, k)
+        self.num_params = int(dim)
+
+    def _program(self, thetas, x):
+        return self.inner._program(thetas @ self.projection.T, x)    # (P, k) → (P, d) → (P, B, ...)
+
+    def describe(self):
+        return {**self.inner.describe(), "kind": self.kind, "num_params": self.num_params,
+                "full_params": self.inner.num_params}
+
+
 TRANSFORMS: dict[str, type[Transform]] = {
     "signal": SignalProgram, "frame": FrameProgram, "additive": AdditiveProgram}
 
 
-def make_transform(kind: str, target_shape, source_shape, value_range, **options) -> Transform:
+def make_transform(kind: str, target_shape, source_shape, value_range, *, subspace: int = 0,
+                   seed: int = 0, **options) -> Transform:
     if kind not in TRANSFORMS:
         raise ValueError(f"unknown transform {kind!r}; expected one of: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[kind](target_shape, source_shape, value_range, **options)
+    transform = TRANSFORMS[kind](target_shape, source_shape, value_range, **options)
+    if subspace:
+        if subspace >= transform.num_params:
+            raise ValueError(f"expected a subspace smaller than the program's {transform.num_params} "
+                             f"parameters, got {subspace}")
+        transform = Subspace(transform, subspace, seed)
+    return transform

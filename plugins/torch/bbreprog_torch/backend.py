@@ -1,0 +1,90 @@
+"""PyTorch models as backends. Unlike every other backend this one also offers gradients
+(``forward_tensor``), which is what the white-box reference path trains through.
+
+Weights are only ever read with ``torch.load(..., weights_only=True)`` (inside the zoo); a
+user's own model comes in as an ``nn.Module`` object or a "module:factory" that returns one.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+from blackbox_reprog.backend import Backend, InputSpec, Prediction
+
+
+def _module_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_factory(model: str) -> torch.nn.Module:
+    module_name, _, attribute = model.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"expected an importable model factory {model!r}, got {type(error).__name__}: {error}") from None
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"expected {model!r} to return a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+class TorchBackend(Backend):
+    """PyTorch model (zoo name, nn.Module or "module:factory"; cpu or cuda; gradients for white-box)."""
+
+    name = "torch"
+
+    def __init__(self, model, *, device: str = "cpu", max_batch: int = 256,
+                 input_shape=None, num_classes: int | None = None,
+                 value_range=None, output_kind: str = "logits"):
+        from blackbox_reprog import zoo
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("expected a CUDA device for device 'cuda', got none (torch.cuda.is_available() is False)")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"expected device 'cpu' or 'cuda', got {device!r}")
+        if output_kind not in ("logits", "probs"):
+            raise ValueError(f"expected output_kind logits or probs, got {output_kind!r}")
+        label = model if isinstance(model, str) else type(model).__name__
+        if isinstance(model, str) and model in zoo.zoo_names():
+            card = zoo.zoo_model(model)
+            module = zoo.torch_model(model)
+            input_shape, num_classes = card.input_shape, card.num_classes
+            value_range = value_range or card.value_range
+        else:
+            module = model if isinstance(model, torch.nn.Module) else _load_factory(str(model))
+            if input_shape is None or num_classes is None:
+                raise ValueError(f"expected input_shape and num_classes for the model {label!r}, got "
+                                 f"input_shape={input_shape}, num_classes={num_classes}")
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)        # frozen: gradients flow to the program only
+        self.input_spec = InputSpec(tuple(int(s) for s in input_shape), "float32",
+                                    tuple(value_range) if value_range else (-math.inf, math.inf))
+        self.num_classes, self.output_kind = int(num_classes), output_kind
+        self.max_batch = int(max_batch)
+        self.model_id = f"torch:{label}:sha256:{_module_digest(self.module)}"
+
+    def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *input_shape) → (B, C) scores, differentiable with respect to x."""
+        return self.module(x.to(self.device)).to(x.device)
+
+    def _predict(self, x: np.ndarray) -> Prediction:
+        with torch.no_grad():
+            scores = self.module(torch.from_numpy(x).to(self.device)).cpu().numpy()  # (b, C)
+        return Prediction(self.output_kind, self.num_classes, scores=scores.astype(np.float32))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "device": str(self.device)}

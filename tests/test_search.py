@@ -1,0 +1,126 @@
+"""The three ways θ moves — zeroth-order, white-box autograd, nevergrad evolution — on real models."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from blackbox_reprog.backend import CallableBackend
+from blackbox_reprog.cli import DEMO
+from blackbox_reprog.config import load_config
+from blackbox_reprog.ledger import BudgetExceeded, Ledger
+from blackbox_reprog.runner import build, run
+from blackbox_reprog.search import Evolution
+from blackbox_reprog.transforms import make_transform
+from tests.models import signal_model
+
+
+def demo(**overrides):
+    sets = tuple(f"{k}={v}" for k, v in overrides.items())
+    return load_config(base=DEMO, overrides=sets + ("train.eval_every=4",))
+
+
+def test_spend_is_refused_over_budget_like_a_query():
+    ledger = Ledger(CallableBackend(signal_model, input_shape=(1024,), num_classes=32), 10)
+    ledger.spend(8, "train")
+    with pytest.raises(BudgetExceeded, match=r"a train call of 3 queries would exceed the budget \(8 of 10 spent\)"):
+        ledger.spend(3, "train")
+    assert ledger.summary()["train"] == {"queries": 8, "calls": 1, "seconds": 0.0}
+
+
+@pytest.mark.parametrize("optimizer, subspace, popsize, sigma, budget", [
+    ("DiagonalCMA", 0, 20, 0.1, 48_000),       # 32 control points searched directly
+    ("CMA", 8, 10, 0.2, 24_000),               # BBT: full CMA in an 8-dim random subspace of them
+])
+def test_evolution_trains_the_demo_pair_and_stops_within_the_budget(optimizer, subspace, popsize, sigma, budget):
+    config = demo(**{"train.method": "evolution", "evolution.optimizer": optimizer, "evolution.popsize": popsize,
+                     "evolution.sigma": sigma, "transform.subspace": subspace, "budget": budget,
+                     "transform.grid": 32, "label_map.kind": "frequency"})
+    result = build(config).trainer.fit()
+    assert result.ledger["budgeted"] <= budget
+    assert result.ledger["budgeted"] > budget - (popsize * 51 + 16)  # stopped only when the next step would not fit
+    assert result.test_accuracy > result.start_accuracy + 0.03, (result.test_accuracy, result.start_accuracy)
+
+
+def test_evolution_is_reproducible_with_a_seed():
+    config = demo(**{"train.method": "evolution", "evolution.popsize": 6, "budget": 4000, "transform.grid": 16})
+    a, b = build(config).trainer.fit(), build(config).trainer.fit()
+    assert torch.equal(a.theta, b.theta)
+
+
+def test_evolution_never_lets_a_non_finite_loss_become_the_recommendation():
+    class Stub:                                   # the trainer surface Evolution.step uses
+        theta = torch.zeros(4)
+        label_map = staticmethod(lambda lp: lp)
+
+        @staticmethod
+        def log_probs(thetas, xb, purpose):
+            return torch.zeros(len(thetas), 1, 2)
+
+        calls = 0
+
+        @classmethod
+        def loss(cls, logits, y):
+            cls.calls += 1
+            losses = torch.ones(len(logits))
+            if cls.calls == 1:
+                losses[0] = -torch.inf                # would be "best" forever
+                losses[1] = torch.nan
+            return losses
+
+    search = Evolution("DiagonalCMA", 4, popsize=4, sigma=1.0, seed=0, generations=5)
+    search.step(Stub, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    best = search.optimizer.current_bests["pessimistic"].mean
+    assert best == pytest.approx(1.0)          # −inf and NaN were told as worst + 1 = 2, never as the best
+
+
+@pytest.mark.parametrize("name, dim, message", [
+    ("DiagonalCMAA", 10, "unknown nevergrad optimizer 'DiagonalCMAA'; close names: DiagonalCMA"),
+    ("CMA", 1000, "expected at most 500 parameters for full CMA"),
+])
+def test_evolution_refuses_unknown_names_and_the_cma_trap(name, dim, message):
+    with pytest.raises(ValueError, match=message):
+        Evolution(name, dim, popsize=8, sigma=0.5, seed=0, generations=3)
+
+
+def test_subspace_maps_a_small_theta_onto_the_program():
+    t = make_transform("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=8, seed=3)
+    assert t.num_params == 8 and t.inner.num_params == 64
+    z, x = torch.randn(5, 8), torch.randn(2, 24)
+    out = t(z, x)                                                    # (P, B, L)
+    assert out.shape == (5, 2, 1024)
+    assert torch.equal(out, t.inner(z @ t.projection.T, x))
+    assert abs(float(t.projection.std()) - 8 ** -0.5) < 0.05          # entries N(0, 1/k)
+    with pytest.raises(ValueError, match="expected a subspace smaller than the program's 64 parameters, got 64"):
+        make_transform("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=64)
+
+
+def test_whitebox_needs_a_backend_with_gradients():
+    config = load_config(overrides=("train.method=whitebox", "backend.name=callable",
+                                    "backend.model=tests.models:signal_model",
+                                    "backend.options={input_shape = [1024], num_classes = 32}"))
+    with pytest.raises(ValueError, match="expected a backend with gradients \\(the torch plugin\\) for train.method 'whitebox', got callable"):
+        build(config)
+
+
+def test_whitebox_counts_one_query_per_example_and_matches_onnx_answers():
+    config = demo(**{"train.method": "whitebox", "budget": 2000, "train.max_steps": 5})
+    components = build(config)
+    assert components.backend.name == "torch"                       # the zoo model, served with gradients
+    result = components.trainer.fit()
+    assert result.ledger["train"]["queries"] == 5 * 51              # steps × batch, forward+backward each
+    from blackbox_reprog.registry import create_backend
+    x = np.random.default_rng(0).normal(size=(3, 1024)).astype(np.float32)
+    torch_scores = components.backend.query(x).scores
+    onnx_scores = create_backend("onnx", "crepe-tiny").query(x).scores
+    assert np.abs(torch_scores - onnx_scores).max() < 1e-3
+
+
+def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_path):
+    config = demo(**{"budget": 30_000, "train.compare_with": "whitebox", "out": f'"{tmp_path}"', "name": "cmp"})
+    run_dir, summary = run(config)
+    stored = json.loads((run_dir / "result.json").read_text())
+    comparison = stored["comparison"]
+    assert comparison["method"] == "whitebox" and comparison["steps"] == summary["steps"]
+    assert comparison["test_accuracy"] >= summary["test_accuracy"]
+    assert (run_dir / "compare-whitebox" / "result.json").is_file()
