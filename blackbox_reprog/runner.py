@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +19,7 @@ from . import data as data_module
 from .backend import Backend
 from .config import ConfigError, RunConfig, to_toml
 from .degrade import degrade
+from .files import atomic_write
 from .estimators import make_estimator
 from .label_maps import make_label_map
 from .losses import make_loss
@@ -124,25 +123,6 @@ def new_run_dir(config: RunConfig) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"expected a free run folder name under {root}, found none")
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Temp file in the same folder, fsync, replace, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -124,3 +124,29 @@ def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_pat
     assert comparison["method"] == "whitebox" and comparison["steps"] == summary["steps"]
     assert comparison["test_accuracy"] >= summary["test_accuracy"]
     assert (run_dir / "compare-whitebox" / "result.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["TwoPointsDE", "TBPSA", "OnePlusOne", "NGOpt", "DiagonalCMA", "PSO"])
+def test_every_named_nevergrad_optimizer_runs_within_the_budget(name):
+    config = load_config(overrides=(
+        "train.method=evolution", f"evolution.optimizer={name}", "evolution.popsize=4", "budget=900",
+        "data.name=ItalyPowerDemand", "transform.grid=8", "label_map.kind=random", "train.batch_size=16",
+        "backend.name=callable", "backend.model=tests.models:signal_model",
+        "backend.options={input_shape = [1024], num_classes = 32, value_range = [-10.0, 10.0]}"))
+    result = build(config).trainer.fit()
+    assert result.steps >= 2 and result.ledger["budgeted"] <= 900
+    assert result.ledger["train"]["queries"] == result.steps * 4 * 16
+
+
+def test_torch_backend_passes_conformance_for_zoo_models_and_user_modules():
+    from blackbox_reprog.registry import create_backend
+    from blackbox_reprog.testing import check_backend
+    check_backend(create_backend("torch", "crepe-tiny"))
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    from bbreprog_torch import TorchBackend
+    check_backend(TorchBackend(module, input_shape=(3, 4), num_classes=5, value_range=(0.0, 1.0)))
+    with pytest.raises(ValueError, match="expected input_shape and num_classes for the model 'Sequential'"):
+        TorchBackend(module)
+    if not torch.cuda.is_available():              # this machine; a GPU machine runs the CUDA path
+        with pytest.raises(ValueError, match=r"expected a CUDA device for device 'cuda', got none"):
+            TorchBackend(module, device="cuda", input_shape=(3, 4), num_classes=5)

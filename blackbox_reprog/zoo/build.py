@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from . import crepe, efficientnet_lite
 
 if TYPE_CHECKING:
@@ -123,21 +123,6 @@ def export_bytes(zm: ZooModel, module: torch.nn.Module) -> bytes:
     return proto.SerializeToString()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def onnx_path(name: str) -> Path:
     return cache_dir() / "models" / f"{name}.onnx"
 
@@ -156,9 +141,9 @@ def build(zm: ZooModel) -> tuple[Path, float]:
     data = export_bytes(zm, module)
     diff = compare(data, module, verification_inputs(zm))
     path = onnx_path(zm.name)
-    write_atomic(path, data)
+    atomic_write(path, data)
     # sidecar last: a crash in between leaves a mismatch, which triggers a rebuild next time
-    write_atomic(path.with_name(path.name + ".sha256"),
+    atomic_write(path.with_name(path.name + ".sha256"),
                  f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     return path, diff
 
