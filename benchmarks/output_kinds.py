@@ -15,11 +15,14 @@ from blackbox_reprog.cli import DEMO
 from blackbox_reprog.config import load_config
 from blackbox_reprog.runner import run
 
-KINDS = [  # (label, overrides)
-    ("logits", ()),
-    ("probs", ("backend.output=probs",)),
-    ("top-5", ("backend.output=topk", "backend.k=5")),
-    ("label", ("backend.output=label",)),
+EVOLUTION = ("train.method=evolution", "transform.grid=32", "label_map.kind=frequency")
+KINDS = [  # (answers, method, overrides)
+    ("logits", "zeroth-order (demo)", ()),
+    ("probs", "zeroth-order (demo)", ("backend.output=probs",)),
+    ("top-5", "zeroth-order (demo)", ("backend.output=topk", "backend.k=5")),
+    ("top-5", "DiagonalCMA, 32 points", ("backend.output=topk", "backend.k=5") + EVOLUTION),
+    ("label", "zeroth-order (demo)", ("backend.output=label",)),
+    ("label", "DiagonalCMA, 32 points", ("backend.output=label",) + EVOLUTION),
 ]
 
 
@@ -31,11 +34,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as out:
-        for label, overrides in KINDS:
+        for label, method, overrides in KINDS:
             config = load_config(base=DEMO, overrides=overrides + tuple(args.extra),
                                  budget=args.budget, seed=args.seed, out=out)
             _, s = run(config)
-            rows.append(f"| {label} | {s['start_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
+            rows.append(f"| {label} | {method} | {s['start_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
                         f"{s['queries']['total'] - s['queries']['test']:,} | {s['steps']} | {s['wall_seconds']:.0f} |")
             print(rows[-1], flush=True)
     extra = " ".join(f"--set {e}" for e in args.extra)
@@ -44,8 +47,8 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python benchmarks/output_kinds.py --budget {args.budget} --seed {args.seed} {extra}`".rstrip() + "",
         "",
-        "| answers | zero program (test) | trained (test) | queries (budgeted) | steps | seconds |",
-        "|---|---|---|---|---|---|",
+        "| answers | method | zero program (test) | trained (test) | queries (budgeted) | steps | seconds |",
+        "|---|---|---|---|---|---|---|",
         *rows, ""])
     path = Path(__file__).parent / "results" / "output_kinds.md"
     path.write_text(table)

@@ -108,6 +108,10 @@ def _train(config: RunConfig, quiet: bool) -> None:
         f"{summary['best_validation_accuracy']:.3f}) at step "
         f"{summary['best_step']}, {summary['wall_seconds']:.0f} s\n"
         f"run folder: {run_dir}  (result.json, metrics.jsonl, accuracy.png)")
+    if "comparison" in summary:
+        c = summary["comparison"]
+        click.echo(f"{c['method']} with the same seed and {c['steps']} steps: test accuracy "
+                   f"{c['test_accuracy']:.3f} ({c['queries']['train']:,} train queries) in {run_dir / c['run_dir']}")
 
 
 @main.command()

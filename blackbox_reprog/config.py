@@ -50,7 +50,7 @@ class LabelMapConfig:
     l2: float = 1e-3                # linear head penalty
     refit: bool = False             # linear head: refit every epoch
     blm_lambda: float = 1.0         # blm / blm+: smoothing λ of ω = C / (ΣC + λ)
-    blm_topk: int = 0               # blm+: top-k source probabilities summed (0: ⌈0.15·K⌉ rule)
+    blm_topk: int = 0               # blm+: top-k source probabilities summed (0: max(1, ⌊0.15·K⌋), the authors' rule)
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,13 @@ class Program:
 
 def load_program(run_dir: str | Path) -> Program:
     from .degrade import degrade
-    from .runner import backend_name, build_program
+    from .runner import backend_name, backend_options, build_program
     run_dir = Path(run_dir)
     if not (run_dir / "program.pt").is_file():
         raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
     saved = torch.load(run_dir / "program.pt", map_location="cpu", weights_only=True)
-    backend = create_backend(backend_name(config), config.backend.model, **config.backend.options)
+    backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)

@@ -43,7 +43,7 @@ def build(config: RunConfig, *, backend: Backend | None = None,
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)
     if backend is None:
-        backend = create_backend(backend_name(config), config.backend.model, **config.backend.options)
+        backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)
     transform, label_map = build_program(config, backend, splits.train)
     counts = np.bincount(splits.train.y, minlength=splits.train.num_classes)
@@ -67,6 +67,14 @@ def backend_name(config: RunConfig) -> str:
     return config.backend.name
 
 
+def backend_options(config: RunConfig) -> dict:
+    """The config's backend options; when the torch plugin stands in for ONNX, only the options
+    both share (device, max_batch) carry over."""
+    if backend_name(config) != config.backend.name:
+        return {k: v for k, v in config.backend.options.items() if k in ("device", "max_batch")}
+    return dict(config.backend.options)
+
+
 def search_factory(config: RunConfig, backend: Backend, transform, train_size: int) -> Callable:
     """A function of the trainer that builds the search strategy the config asks for."""
     method, o = config.train.method, config.optimizer
@@ -88,7 +96,11 @@ def search_factory(config: RunConfig, backend: Backend, transform, train_size: i
         if backend.output_kind not in ("logits", "probs") or not hasattr(backend, "forward_tensor"):
             raise ConfigError(f"expected a backend with gradients (the torch plugin) for train.method "
                               f"'whitebox', got {backend.name} answering {backend.output_kind}")
-        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer.theta, 1))
+        if config.loss.kind == "zero-one":
+            raise ConfigError("expected a differentiable loss (ce, focal or margin) for train.method "
+                              "'whitebox', got 'zero-one'")
+        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer.theta, 1),
+                                        scores=backend.output_kind)
     ev = config.evolution
     generations = max(config.budget // (ev.popsize * batch), 1)
     search = Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
@@ -174,6 +186,8 @@ class Run:
         self._metrics = None
         self.components = build(config, backend=backend, on_step=self._on_step,
                                 on_checkpoint=self._on_checkpoint)
+        if config.train.compare_with:             # refuse a comparison that cannot run, now
+            build(self._compare_config(1)).backend.close()
 
     def _on_step(self, row: dict) -> None:
         self._metrics.write(json.dumps(row) + "\n")
@@ -205,12 +219,15 @@ class Run:
         return self.run_dir, summary
 
 
+    def _compare_config(self, steps: int) -> RunConfig:
+        return dataclasses.replace(self.config, train=dataclasses.replace(
+            self.config.train, method=self.config.train.compare_with, max_steps=steps, compare_with=""))
+
     def _compare(self, steps: int) -> dict:
         """The same config, seed and number of steps with another method, in a subfolder; its
         queries are its own (a white-box step counts one query per example)."""
         method = self.config.train.compare_with
-        other = dataclasses.replace(self.config, train=dataclasses.replace(
-            self.config.train, method=method, max_steps=steps, compare_with=""))
+        other = self._compare_config(steps)
         folder = self.run_dir / f"compare-{method}"
         folder.mkdir()
         _, summary = Run(other, progress=self.progress).execute(folder)

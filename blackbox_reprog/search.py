@@ -19,11 +19,14 @@ import numpy as np
 import torch
 
 from .estimators import Estimator
+from .outputs import FLOOR
 
 
 class Search:
     kind: str = ""
     population: int = 1          # programs evaluated per example in one step
+    #: what a step does with non-finite losses: skip the update, or tell them as the worst
+    non_finite: str = "skipped"
 
     def step(self, trainer, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns (losses of the evaluated programs (P,), log-probs around θ (B, C))."""
@@ -66,15 +69,19 @@ class Autograd(Search):
 
     kind = "whitebox"
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], step_rule, schedule):
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], step_rule, schedule,
+                 scores: str = "logits"):
         self.forward, self.step_rule, self.schedule = forward, step_rule, schedule
+        self.scores = scores                      # what forward returns: logits or probs
 
     def step(self, trainer, xb, yb):
         trainer.ledger.spend(len(xb), "train")    # refused before the pass if over budget
         started = time.perf_counter()
         theta = trainer.theta
         inputs = trainer.transform(theta[None], xb)[0]                          # (B, *source_shape)
-        log_probs = torch.log_softmax(self.forward(inputs), dim=-1)             # (B, C)
+        scores = self.forward(inputs)                                           # (B, C)
+        log_probs = (torch.log_softmax(scores, dim=-1) if self.scores == "logits"
+                     else scores.clamp_min(FLOOR).log())
         loss = trainer.loss(trainer.label_map(log_probs), yb)                   # ()
         self.step_rule.zero_grad()
         loss.backward()
@@ -97,6 +104,7 @@ class Evolution(Search):
     thread (NGOpt's meta-model hung at exit in a worker thread with numpy 2.4)."""
 
     kind = "evolution"
+    non_finite = "told as the worst finite loss + 1"
 
     def __init__(self, optimizer: str, dim: int, *, popsize: int, sigma: float, seed: int, generations: int):
         import nevergrad as ng

@@ -74,7 +74,7 @@ class Trainer:
         if budget < minimum:
             raise BudgetTooSmall(
                 f"expected a budget of at least {minimum} queries (label map {self.map_cost}, one step "
-                f"{self.step_cost} = {self.search.population} programs × batch {self.batch_size}, two "
+                f"{self.step_cost} = {self.search.population} program(s) × batch {self.batch_size}, two "
                 f"validation passes of {self.validation_cost}), got {budget}")
 
     # ---- queries -------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class Trainer:
             step += 1
             row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
             if not torch.isfinite(losses).all():
-                row["skipped"] = "non-finite loss"
+                row["non_finite"] = self.search.non_finite
             if self.label_map.refit_each_epoch:
                 # outputs around θ, already paid for: refitting the map costs no query
                 epoch_outputs.append((around, yb))

@@ -150,3 +150,20 @@ def test_torch_backend_passes_conformance_for_zoo_models_and_user_modules():
     if not torch.cuda.is_available():              # this machine; a GPU machine runs the CUDA path
         with pytest.raises(ValueError, match=r"expected a CUDA device for device 'cuda', got none"):
             TorchBackend(module, device="cuda", input_shape=(3, 4), num_classes=5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.compare_with=whitebox", "backend.output=topk"), "expected a backend with gradients"),
+    (("train.method=whitebox", "loss.kind=zero-one"), "expected a differentiable loss \\(ce, focal or margin\\) for train.method 'whitebox', got 'zero-one'"),
+])
+def test_impossible_whitebox_runs_are_refused_before_any_query(tmp_path, overrides, message):
+    from blackbox_reprog.runner import Run
+    config = load_config(base=DEMO, overrides=overrides + (f'out="{tmp_path}"',))
+    with pytest.raises(ValueError, match=message):
+        Run(config)
+    assert not any(tmp_path.iterdir())
+
+
+def test_whitebox_drops_onnx_only_options():
+    config = demo(**{"train.method": "whitebox", "backend.options": "{threads = 1, device = \"cpu\"}"})
+    assert build(config).backend.name == "torch"
