@@ -19,8 +19,8 @@ from . import data as data_module
 from .backend import Backend
 from .config import ConfigError, RunConfig, to_toml
 from .degrade import degrade
-from .files import atomic_write
 from .estimators import make_estimator
+from .files import atomic_write
 from .label_maps import make_label_map
 from .losses import make_loss
 from .registry import create_backend
