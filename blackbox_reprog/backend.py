@@ -108,10 +108,16 @@ class Backend:
     def _predict(self, x: np.ndarray) -> Prediction:          # (b, *shape) -> Prediction
         raise NotImplementedError
 
-    def query(self, x: np.ndarray) -> Prediction:
+    def query(self, x: np.ndarray, on_send: Callable[[int], None] | None = None) -> Prediction:
+        """Answers for a batch, in calls of at most ``max_batch``; ``on_send(n)`` is told just
+        before each call goes out, so a failure part-way leaves the earlier calls counted."""
         self.input_spec.check(x)
-        parts = [self._checked(self._predict(x[i:i + self.max_batch]), len(x[i:i + self.max_batch]))
-                 for i in range(0, len(x), self.max_batch)]
+        parts = []
+        for i in range(0, len(x), self.max_batch):
+            chunk = x[i:i + self.max_batch]
+            if on_send:
+                on_send(len(chunk))
+            parts.append(self._checked(self._predict(chunk), len(chunk)))
         return Prediction.concat(parts)
 
     def calls_for(self, batch_size: int) -> int:

@@ -63,14 +63,18 @@ class Ledger:
 
     def query(self, x: np.ndarray, purpose: str) -> Prediction:
         self.backend.input_spec.check(x)
-        self._admit(len(x), purpose)
-        started = time.perf_counter()
-        prediction = self.backend.query(x)
+        self._admit(len(x), purpose)                 # the whole batch must fit before any call
         tally = self.tallies[purpose]
-        tally.queries += len(x)
-        tally.calls += self.backend.calls_for(len(x))
-        tally.seconds += time.perf_counter() - started
-        return prediction
+
+        def sent(queries: int) -> None:              # booked as each call leaves, paid or not
+            tally.queries += queries
+            tally.calls += 1
+
+        started = time.perf_counter()
+        try:
+            return self.backend.query(x, on_send=sent)
+        finally:
+            tally.seconds += time.perf_counter() - started
 
     def spend(self, queries: int, purpose: str) -> None:
         """Book work done outside ``query`` — a white-box forward+backward pass counts one query

@@ -78,7 +78,12 @@ def load_program(run_dir: str | Path) -> Program:
     if not (run_dir / "program.pt").is_file():
         raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
-    saved = torch.load(run_dir / "program.pt", map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(run_dir / "program.pt", map_location="cpu", weights_only=True)
+        saved["theta"], saved["label_map"], saved["classes"]
+    except Exception as error:
+        raise ValueError(f"expected a readable program.pt in {run_dir}, got one that fails to load "
+                         f"({type(error).__name__})") from None
     backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,

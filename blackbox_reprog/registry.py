@@ -56,4 +56,9 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def create_backend(name: str, model: str, **options) -> Backend:
-    return backend_class(name).from_config(model, **options)
+    cls = backend_class(name)
+    try:
+        return cls.from_config(model, **options)
+    except TypeError as error:               # an unknown or mistyped backend.options entry
+        raise ValueError(f"expected backend.options that the {name} backend accepts, got "
+                         f"{sorted(options)}: {error}") from None

@@ -45,11 +45,14 @@ def build(config: RunConfig, *, backend: Backend | None = None,
     if backend is None:
         backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)
+    if config.label_map.kind == "blm+" and backend.output_kind == "label":
+        raise ConfigError("expected scores (logits, probs or topk) for label_map.kind 'blm+', got a "
+                          "backend answering labels only; use 'blm'")
     transform, label_map = build_program(config, backend, splits.train)
     counts = np.bincount(splits.train.y, minlength=splits.train.num_classes)
     loss = make_loss(config.loss.kind, gamma=config.loss.gamma, class_counts=counts, margin=config.loss.margin)
     trainer = Trainer(backend=backend, transform=transform, label_map=label_map, loss=loss,
-                      make_search=search_factory(config, backend, transform, len(splits.train)),
+                      make_search=search_factory(config, backend, transform),
                       train=splits.train, validation=splits.validation, test=splits.test,
                       budget=config.budget, batch_size=config.train.batch_size,
                       max_steps=config.train.max_steps, eval_every=config.train.eval_every,
@@ -75,14 +78,13 @@ def backend_options(config: RunConfig) -> dict:
     return dict(config.backend.options)
 
 
-def search_factory(config: RunConfig, backend: Backend, transform, train_size: int) -> Callable:
+def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
     """A function of the trainer that builds the search strategy the config asks for."""
     method, o = config.train.method, config.optimizer
-    batch = min(config.train.batch_size, train_size)
 
-    def step_rule(theta, population: int):
-        steps = config.train.max_steps or max(config.budget // (population * batch), 1)
-        rule = make_optimizer(o.kind, [theta], lr=o.lr, momentum=o.momentum)
+    def step_rule(trainer, population: int):
+        steps = trainer.planned_steps(population)
+        rule = make_optimizer(o.kind, [trainer.theta], lr=o.lr, momentum=o.momentum)
         return rule, make_schedule(o.schedule, rule, total_steps=steps, decay=o.decay,
                                    offset=o.offset, power=o.power)
 
@@ -90,7 +92,7 @@ def search_factory(config: RunConfig, backend: Backend, transform, train_size: i
         e = config.estimator
         estimator = make_estimator(e.kind, transform.num_params, directions=e.directions,
                                    smoothing=e.smoothing, distribution=e.distribution)
-        return lambda trainer: ZerothOrder(estimator, *step_rule(trainer.theta, estimator.population),
+        return lambda trainer: ZerothOrder(estimator, *step_rule(trainer, estimator.population),
                                            trainer.generator)
     if method == "whitebox":
         if backend.output_kind not in ("logits", "probs") or not hasattr(backend, "forward_tensor"):
@@ -99,13 +101,11 @@ def search_factory(config: RunConfig, backend: Backend, transform, train_size: i
         if config.loss.kind == "zero-one":
             raise ConfigError("expected a differentiable loss (ce, focal or margin) for train.method "
                               "'whitebox', got 'zero-one'")
-        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer.theta, 1),
+        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer, 1),
                                         scores=backend.output_kind)
     ev = config.evolution
-    generations = max(config.budget // (ev.popsize * batch), 1)
-    search = Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
-                       seed=config.seed, generations=generations)
-    return lambda trainer: search
+    return lambda trainer: Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
+                                     seed=config.seed, generations=trainer.planned_steps(ev.popsize))
 
 
 def build_program(config: RunConfig, backend: Backend, train: data_module.Dataset):

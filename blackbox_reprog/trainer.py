@@ -64,11 +64,10 @@ class Trainer:
         self.theta = torch.zeros(transform.num_params, requires_grad=True)
         self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
         self.order_rng = np.random.default_rng(self.seed)          # batch order
-        self.search = make_search(self)
-
-        self.step_cost = self.search.population * self.batch_size
         self.map_cost = len(train) if label_map.needs_fit else 0
         self.validation_cost = len(validation)
+        self.search = make_search(self)
+        self.step_cost = self.search.population * self.batch_size
         # the smallest useful run: fit the map, validate the zero program, one step, validate it
         minimum = self.map_cost + self.step_cost + 2 * self.validation_cost
         if budget < minimum:
@@ -76,6 +75,15 @@ class Trainer:
                 f"expected a budget of at least {minimum} queries (label map {self.map_cost}, one step "
                 f"{self.step_cost} = {self.search.population} program(s) × batch {self.batch_size}, two "
                 f"validation passes of {self.validation_cost}), got {budget}")
+
+    def planned_steps(self, population: int) -> int:
+        """How many steps the budget pays for (the horizon of schedules and of nevergrad):
+        the map fit and the first validation once, then each step with its share of the
+        validation passes."""
+        per_step = population * self.batch_size + self.validation_cost / self.eval_every
+        available = self.ledger.budget - self.map_cost - 2 * self.validation_cost
+        steps = max(int(available // per_step), 1)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
     # ---- queries -------------------------------------------------------------------------
     def log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:

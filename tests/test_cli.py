@@ -96,3 +96,25 @@ def test_the_demo_preset_documented_in_cli_md_is_the_real_one():
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     block = re.search(r"## `bbreprog demo`.*?```toml\n(.*?)```", text, re.S).group(1)
     assert tomllib.loads(block) == DEMO
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "backend.options={input_shape = [1024], num_classes = 32, foo = 1}"),
+     "error: expected backend.options that the callable backend accepts, got ['foo', 'input_shape', 'num_classes']"),
+    (("--set", "backend.output=label", "--set", "label_map.kind=blm+"),
+     "error: expected scores (logits, probs or topk) for label_map.kind 'blm+', got a backend answering labels only; use 'blm'"),
+])
+def test_more_refusals_before_any_query(tmp_path, args, message):
+    reset_calls()
+    result = invoke("demo", "--quiet", "--out", str(tmp_path), *CALLABLE, *args)
+    assert result.exit_code == 2 and result.stderr.startswith(message), result.stderr
+    assert CALLS["examples"] == 0 and not any(tmp_path.iterdir())
+
+
+def test_a_damaged_program_file_is_one_sentence(tmp_path):
+    (tmp_path / "config.toml").write_text("")
+    (tmp_path / "program.pt").write_bytes(b"junk")
+    result = invoke("evaluate", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: expected a readable program.pt in {tmp_path}, got one that fails to load (")
+    assert result.stderr.count("\n") == 1

@@ -52,3 +52,18 @@ def test_bad_batch_is_refused_without_counting():
 def test_negative_budget_refused():
     with pytest.raises(ValueError, match="expected a budget of 0 or more queries, got -1"):
         ledger(-1)
+
+
+def test_calls_sent_before_a_failure_stay_counted():
+    sent = {"examples": 0}
+
+    def flaky(x):
+        sent["examples"] += len(x)
+        if sent["examples"] > 4:
+            raise ConnectionError("the second call fails")
+        return signal_model(x)
+
+    book = Ledger(CallableBackend(flaky, input_shape=(1024,), num_classes=32, max_batch=4), 100)
+    with pytest.raises(ConnectionError):
+        book.query(batch(8), "train")
+    assert book.spent == sent["examples"] == 8 and book.summary()["train"]["calls"] == 2

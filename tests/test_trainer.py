@@ -105,3 +105,12 @@ def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
                                torch.as_tensor(components.splits.test.y))
     assert result.start_accuracy == pytest.approx(expected)
     assert not torch.equal(result.label_map.assignment, first_map.assignment)   # the map did move
+
+
+def test_cosine_schedule_reaches_zero_when_the_budget_runs_out():
+    cfg = config(budget=3000, **{"optimizer.schedule": "cosine", "train.eval_every": 1})
+    trainer = build(cfg, backend=backend()).trainer
+    result = trainer.fit()
+    planned = trainer.planned_steps(trainer.search.population)
+    assert abs(planned - result.steps) <= 1                       # the horizon is the real run length
+    assert trainer.search.schedule.get_last_lr()[0] < 0.01 * cfg.optimizer.lr
