@@ -230,7 +230,7 @@ class Run:
         other = self._compare_config(steps)
         folder = self.run_dir / f"compare-{method}"
         folder.mkdir()
-        _, summary = Run(other, progress=self.progress).execute(folder)
+        _, summary = Run(other).execute(folder)   # quiet: its counts start again at 0
         keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
         return {"method": method, "run_dir": folder.name, **{k: summary[k] for k in keys}}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -31,7 +31,7 @@ class TrainingResult:
     theta: torch.Tensor                 # (d,) the program chosen on validation
     label_map: LabelMap
     history: list[dict]                 # one row per step
-    start_accuracy: float               # test accuracy of the zero program, same map
+    start_accuracy: float               # test accuracy of the zero program, map as first fitted
     test_accuracy: float
     best_validation_accuracy: float
     best_validation_loss: float
@@ -39,7 +39,6 @@ class TrainingResult:
     steps: int
     ledger: dict
     wall_seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -78,8 +77,8 @@ class Trainer:
 
     def planned_steps(self, population: int) -> int:
         """How many steps the budget pays for (the horizon of schedules and of nevergrad):
-        the map fit and the first validation once, then each step with its share of the
-        validation passes."""
+        the map fit and the first and last validation once, then each step with its share of
+        the periodic validation passes."""
         per_step = population * self.batch_size + self.validation_cost / self.eval_every
         available = self.ledger.budget - self.map_cost - 2 * self.validation_cost
         steps = max(int(available // per_step), 1)
