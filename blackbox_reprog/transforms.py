@@ -102,7 +102,27 @@ def _fit_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"expected targets with 1 or {channels} channels, got {x.shape[1]}")
 
 
-class FrameProgram(Transform):
+class _ImageProgram(Transform):
+    """Shared by the image programs: a (C, g, g) grid of parameters (or full resolution when
+    ``grid`` is 0), upsampled bilinearly to the model's canvas."""
+
+    def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0):
+        super().__init__(target_shape, source_shape, value_range)
+        if len(self.target_shape) != 3 or len(self.source_shape) != 3:
+            raise ValueError(f"the {self.kind} program expects images (C, H, W), got target "
+                             f"{self.target_shape} and model input {self.source_shape}")
+        self.channels, self.height, self.width = self.source_shape
+        self.grid = int(grid)
+        side = (self.grid, self.grid) if self.grid else (self.height, self.width)
+        self.param_shape = (self.channels, *side)
+        self.num_params = math.prod(self.param_shape)
+
+    def _weights(self, thetas: torch.Tensor) -> torch.Tensor:
+        """(P, d) → (P, C, H, W) on the canvas."""
+        return _upsample_2d(thetas.view(-1, *self.param_shape), (self.height, self.width))
+
+
+class FrameProgram(_ImageProgram):
     """The image frame program (Elsayed et al.; BAR): the target is resized to ``inner`` pixels
     and placed in the centre of the canvas; the frame around it is trainable and bounded:
     frame = mid + half·tanh(W), so θ = 0 is a mid-grey frame. ``grid`` = side of the coarse
@@ -111,11 +131,7 @@ class FrameProgram(Transform):
     kind = "frame"
 
     def __init__(self, target_shape, source_shape, value_range, *, inner: int = 0, grid: int = 0):
-        super().__init__(target_shape, source_shape, value_range)
-        if len(self.target_shape) != 3 or len(self.source_shape) != 3:
-            raise ValueError(f"the frame program expects images (C, H, W), got target "
-                             f"{self.target_shape} and model input {self.source_shape}")
-        self.channels, self.height, self.width = self.source_shape
+        super().__init__(target_shape, source_shape, value_range, grid=grid)
         self.inner = int(inner) or min(self.height, self.width) // 2
         if not 0 < self.inner <= min(self.height, self.width):
             raise ValueError(f"expected an inner size within the {self.height}x{self.width} canvas, got {self.inner}")
@@ -124,10 +140,6 @@ class FrameProgram(Transform):
         mask = torch.ones(1, self.height, self.width)
         mask[:, self.top:self.top + self.inner, self.left:self.left + self.inner] = 0
         self.mask = mask                                             # (1, H, W)
-        self.grid = int(grid)
-        side = (self.grid, self.grid) if self.grid else (self.height, self.width)
-        self.param_shape = (self.channels, *side)
-        self.num_params = math.prod(self.param_shape)
         finite = math.isfinite(self.low) and math.isfinite(self.high)
         self.mid = (self.low + self.high) / 2 if finite else 0.0
         self.half = (self.high - self.low) / 2 if finite else 1.0
@@ -137,34 +149,24 @@ class FrameProgram(Transform):
         small = F.interpolate(x, size=(self.inner, self.inner), mode="bilinear", align_corners=False)
         canvas = F.pad(small, (self.left, self.width - self.left - self.inner,
                                self.top, self.height - self.top - self.inner))  # (B, C, H, W)
-        w = _upsample_2d(thetas.view(-1, *self.param_shape), (self.height, self.width))  # (P, C, H, W)
-        frame = (self.mid + self.half * torch.tanh(w)) * self.mask  # (P, C, H, W)
+        frame = (self.mid + self.half * torch.tanh(self._weights(thetas))) * self.mask  # (P, C, H, W)
         return canvas[None] + frame[:, None]                         # (P, B, C, H, W)
 
 
-class AdditiveProgram(Transform):
+class AdditiveProgram(_ImageProgram):
     """Full-image additive program: the target is resized to the whole canvas and a bounded
     perturbation is added everywhere: x' = clip(resize(x) + ε·tanh(W))."""
 
     kind = "additive"
 
     def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0, epsilon: float = 0.5):
-        super().__init__(target_shape, source_shape, value_range)
-        if len(self.target_shape) != 3 or len(self.source_shape) != 3:
-            raise ValueError(f"the additive program expects images (C, H, W), got target "
-                             f"{self.target_shape} and model input {self.source_shape}")
-        self.channels, self.height, self.width = self.source_shape
-        self.grid = int(grid)
-        side = (self.grid, self.grid) if self.grid else (self.height, self.width)
-        self.param_shape = (self.channels, *side)
-        self.num_params = math.prod(self.param_shape)
+        super().__init__(target_shape, source_shape, value_range, grid=grid)
         self.epsilon = float(epsilon)
 
     def _program(self, thetas, x):
         x = _fit_channels(x, self.channels)
         resized = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        w = _upsample_2d(thetas.view(-1, *self.param_shape), (self.height, self.width))  # (P, C, H, W)
-        return resized[None] + self.epsilon * torch.tanh(w)[:, None]  # (P, B, C, H, W)
+        return resized[None] + self.epsilon * torch.tanh(self._weights(thetas))[:, None]  # (P, B, C, H, W)
 
 
 class Subspace(Transform):
