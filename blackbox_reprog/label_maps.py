@@ -24,6 +24,11 @@ import torch
 SCORE_FLOOR = 1e-12
 
 
+def mix(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """log(p · W): source log-probabilities (..., B, C) and weights (C, K) → (..., B, K)."""
+    return (log_probs.exp() @ weights).clamp_min(SCORE_FLOOR).log()
+
+
 class LabelMap:
     kind: str = ""
     refit_each_epoch: bool = False
@@ -67,8 +72,7 @@ class ManyToOneMap(LabelMap):
         used = self.assignment >= 0
         weights[used, self.assignment[used]] = 1.0
         weights /= weights.sum(dim=0, keepdim=True).clamp_min(1)
-        mixed = log_probs.exp() @ weights                            # (..., B, K)
-        return mixed.clamp_min(SCORE_FLOOR).log()
+        return mix(log_probs, weights)
 
     def sources_of(self, target: int) -> list[int]:
         return torch.nonzero(self.assignment == target).flatten().tolist()
@@ -221,8 +225,7 @@ class BayesianMap(LabelMap):
         return self
 
     def __call__(self, log_probs):
-        mixed = log_probs.exp() @ self.omega                                 # (..., B, K)
-        return mixed.clamp_min(SCORE_FLOOR).log()
+        return mix(log_probs, self.omega)
 
     def state_dict(self):
         return {"omega": self.omega.clone()}
