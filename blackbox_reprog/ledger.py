@@ -1,11 +1,14 @@
 """The ledger: the one place that counts queries and enforces the budget.
 
 A *query* is one example sent to the model; a *call* is one request (a batch split into
-several calls is several calls). Every query is booked under a purpose. The budget covers
-every purpose except ``test``: the final test pass is reported beside the budget, not in it.
+several calls is several calls). Every query is booked under a purpose. A remote backend may
+send a request again after a timeout or a 5xx: those examples are booked as *retried* — the
+server may bill them, so they count against the budget like any other attempt. The budget
+covers every purpose except ``test``: the final test pass is reported beside it, not in it.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from .backend import Backend, Prediction
 
-PURPOSES: tuple[str, ...] = ("train", "label-map", "validate", "test")
+PURPOSES: tuple[str, ...] = ("probe", "train", "label-map", "validate", "test")
 UNBUDGETED: frozenset[str] = frozenset({"test"})
 
 
@@ -23,12 +26,18 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass
 class Tally:
-    queries: int = 0
-    calls: int = 0
+    queries: int = 0         # examples sent, first attempts
+    retried: int = 0         # examples sent again (possibly billed again)
+    calls: int = 0           # requests, retries included
     seconds: float = 0.0
 
+    @property
+    def attempts(self) -> int:
+        return self.queries + self.retried
+
     def as_dict(self) -> dict:
-        return {"queries": self.queries, "calls": self.calls, "seconds": round(self.seconds, 3)}
+        return {"queries": self.queries, "retried": self.retried, "calls": self.calls,
+                "seconds": round(self.seconds, 3)}
 
 
 class Ledger:
@@ -40,11 +49,17 @@ class Ledger:
         self.backend = backend
         self.budget = budget
         self.tallies = {purpose: Tally() for purpose in PURPOSES}
+        self._lock = threading.Lock()          # a remote backend books from several threads
 
     @property
     def spent(self) -> int:
-        """Queries that count against the budget."""
-        return sum(t.queries for p, t in self.tallies.items() if p not in UNBUDGETED)
+        """Attempted queries (retries included) that count against the budget."""
+        return sum(t.attempts for p, t in self.tallies.items() if p not in UNBUDGETED)
+
+    @property
+    def attempts(self) -> int:
+        """Every example that left the machine, every purpose, retries included."""
+        return sum(t.attempts for t in self.tallies.values())
 
     @property
     def remaining(self) -> int | float:
@@ -66,9 +81,14 @@ class Ledger:
         self._admit(len(x), purpose)                 # the whole batch must fit before any call
         tally = self.tallies[purpose]
 
-        def sent(queries: int) -> None:              # booked as each call leaves, paid or not
-            tally.queries += queries
-            tally.calls += 1
+        def sent(queries: int, retry: bool = False) -> None:   # booked as each call leaves, paid or not
+            with self._lock:
+                if retry:                                        # a retry must fit the budget too
+                    self._admit(queries, purpose)
+                    tally.retried += queries
+                else:
+                    tally.queries += queries
+                tally.calls += 1
 
         started = time.perf_counter()
         try:
@@ -88,6 +108,7 @@ class Ledger:
         out = {purpose: tally.as_dict() for purpose, tally in self.tallies.items()}
         out["total"] = {
             "queries": sum(t.queries for t in self.tallies.values()),
+            "retried": sum(t.retried for t in self.tallies.values()),
             "calls": sum(t.calls for t in self.tallies.values()),
             "seconds": round(sum(t.seconds for t in self.tallies.values()), 3),
         }
@@ -100,4 +121,4 @@ class Ledger:
 
     def load_state_dict(self, state: dict) -> None:
         for purpose, values in state.items():
-            self.tallies[purpose] = Tally(**values)
+            self.tallies[purpose] = Tally(**{"retried": 0, **values})

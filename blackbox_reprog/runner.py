@@ -156,8 +156,10 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "best_validation_loss": result.best_validation_loss,
         "best_step": result.best_step,
         "steps": result.steps,
+        "stopped": result.stopped,
         "queries": {purpose: v["queries"] for purpose, v in result.ledger.items()
                     if isinstance(v, dict)},
+        "retried_queries": result.ledger["total"]["retried"],   # sent again after a failure; maybe billed
         "calls": result.ledger["total"]["calls"],
         "budget": config.budget,
         "budgeted_queries": result.ledger["budgeted"],

@@ -16,7 +16,7 @@ import torch
 from .backend import Backend
 from .data import Dataset
 from .label_maps import LabelMap, target_accuracy
-from .ledger import Ledger
+from .ledger import BudgetExceeded, Ledger
 from .search import Search
 from .outputs import source_log_probs
 from .transforms import Transform
@@ -37,6 +37,7 @@ class TrainingResult:
     best_validation_loss: float
     best_step: int
     steps: int
+    stopped: str                        # why training ended
     ledger: dict
     wall_seconds: float
 
@@ -63,15 +64,17 @@ class Trainer:
         self.theta = torch.zeros(transform.num_params, requires_grad=True)
         self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
         self.order_rng = np.random.default_rng(self.seed)          # batch order
+        self.probe_cost = int(getattr(backend, "probe_examples", 0))   # a remote API is probed first
         self.map_cost = len(train) if label_map.needs_fit else 0
         self.validation_cost = len(validation)
         self.search = make_search(self)
         self.step_cost = self.search.population * self.batch_size
         # the smallest useful run: fit the map, validate the zero program, one step, validate it
-        minimum = self.map_cost + self.step_cost + 2 * self.validation_cost
+        minimum = self.probe_cost + self.map_cost + self.step_cost + 2 * self.validation_cost
         if budget < minimum:
+            probe = f"probe {self.probe_cost}, " if self.probe_cost else ""
             raise BudgetTooSmall(
-                f"expected a budget of at least {minimum} queries (label map {self.map_cost}, one step "
+                f"expected a budget of at least {minimum} queries ({probe}label map {self.map_cost}, one step "
                 f"{self.step_cost} = {self.search.population} program(s) × batch {self.batch_size}, two "
                 f"validation passes of {self.validation_cost}), got {budget}")
 
@@ -80,7 +83,7 @@ class Trainer:
         the map fit and the first and last validation once, then each step with its share of
         the periodic validation passes."""
         per_step = population * self.batch_size + self.validation_cost / self.eval_every
-        available = self.ledger.budget - self.map_cost - 2 * self.validation_cost
+        available = self.ledger.budget - self.probe_cost - self.map_cost - 2 * self.validation_cost
         steps = max(int(available // per_step), 1)
         return min(steps, self.max_steps) if self.max_steps else steps
 
@@ -111,6 +114,8 @@ class Trainer:
         x_train = torch.as_tensor(self.train_set.x)
         y_train = torch.as_tensor(self.train_set.y)
 
+        if self.probe_cost:   # one real input, answer decoded and checked, before the bulk is spent
+            self.log_probs(torch.zeros(1, self.transform.num_params), x_train[:self.probe_cost], "probe")
         if self.label_map.needs_fit:
             zero = torch.zeros(self.transform.num_params)
             self.label_map.fit(self._dataset_log_probs(zero, self.train_set, "label-map"), y_train)
@@ -125,33 +130,42 @@ class Trainer:
         epoch_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         history: list[dict] = []
         step = 0
-        while self._can_step(step):
-            if len(self.stream) < self.batch_size:
-                self.stream.extend(self.order_rng.permutation(len(self.train_set)).tolist())
-            index, self.stream = self.stream[: self.batch_size], self.stream[self.batch_size:]
-            xb, yb = x_train[index], y_train[index]                  # (B, ...), (B,)
+        try:
+            while self._can_step(step):
+                if len(self.stream) < self.batch_size:
+                    self.stream.extend(self.order_rng.permutation(len(self.train_set)).tolist())
+                index, self.stream = self.stream[: self.batch_size], self.stream[self.batch_size:]
+                xb, yb = x_train[index], y_train[index]                  # (B, ...), (B,)
 
-            losses, around = self.search.step(self, xb, yb)         # (P,), (B, C)
-            step += 1
-            row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
-            if not torch.isfinite(losses).all():
-                row["non_finite"] = self.search.non_finite
-            if self.label_map.refit_each_epoch:
-                # outputs around θ, already paid for: refitting the map costs no query
-                epoch_outputs.append((around, yb))
-                if step % steps_per_epoch == 0:
-                    self.label_map.fit(torch.cat([o for o, _ in epoch_outputs]), torch.cat([t for _, t in epoch_outputs]))
-                    epoch_outputs.clear()
-            if step % self.eval_every == 0 or not self._can_step(step):
-                validated = self._validate(step, best)
-                if validated:
-                    row["val_loss"], row["val_accuracy"] = validated
-                row["queries"] = self.ledger.spent
-            history.append(row)
-            if self.on_step:
-                self.on_step(row)
-            if self.on_checkpoint and self.checkpoint_every and step % self.checkpoint_every == 0:
+                losses, around = self.search.step(self, xb, yb)         # (P,), (B, C)
+                step += 1
+                row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
+                if not torch.isfinite(losses).all():
+                    row["non_finite"] = self.search.non_finite
+                if self.label_map.refit_each_epoch:
+                    # outputs around θ, already paid for: refitting the map costs no query
+                    epoch_outputs.append((around, yb))
+                    if step % steps_per_epoch == 0:
+                        self.label_map.fit(torch.cat([o for o, _ in epoch_outputs]), torch.cat([t for _, t in epoch_outputs]))
+                        epoch_outputs.clear()
+                if step % self.eval_every == 0 or not self._can_step(step):
+                    validated = self._validate(step, best)
+                    if validated:
+                        row["val_loss"], row["val_accuracy"] = validated
+                    row["queries"] = self.ledger.spent
+                history.append(row)
+                if self.on_step:
+                    self.on_step(row)
+                if self.on_checkpoint and self.checkpoint_every and step % self.checkpoint_every == 0:
+                    self.on_checkpoint(self.state_dict(step, best))
+            stopped = "max_steps" if self.max_steps and step >= self.max_steps else "budget"
+        except BudgetExceeded:
+            # retries of a remote backend took what the last step or its validation needed
+            stopped = "budget, retries included"
+        except BaseException:
+            if self.on_checkpoint:        # keep what was paid for: the run can be resumed
                 self.on_checkpoint(self.state_dict(step, best))
+            raise
 
         # The test split is touched only now: the zero program with the map as first fitted
         # (the baseline the program must beat; a map refitted to a trained program would
@@ -164,7 +178,7 @@ class Trainer:
             theta=best["theta"], label_map=self.label_map, history=history,
             start_accuracy=start_accuracy, test_accuracy=test_accuracy,
             best_validation_accuracy=best["accuracy"], best_validation_loss=best["loss"],
-            best_step=best["step"], steps=step,
+            best_step=best["step"], steps=step, stopped=stopped,
             ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started)
 
     def _can_step(self, step: int) -> bool:

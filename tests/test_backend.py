@@ -54,7 +54,7 @@ def test_callable_backend_checks_output_shape():
 
 def test_registry_lists_shipped_backends_and_names_unknown_ones():
     assert {"onnx", "callable"} <= set(installed())
-    with pytest.raises(UnknownBackend, match="unknown backend 'onxx'; did you mean 'onnx'\\? installed: callable, onnx"):
+    with pytest.raises(UnknownBackend, match="unknown backend 'onxx'; did you mean 'onnx'\\? installed: callable, http, onnx"):
         create_backend("onxx", "crepe-tiny")
 
 

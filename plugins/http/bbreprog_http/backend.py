@@ -1,0 +1,156 @@
+"""A remote prediction endpoint as a Backend.
+
+The batch a trainer asks for is split into requests of at most ``max_batch`` examples, sent
+``concurrency`` at a time; each request is retried by the transport's policy and every
+attempt is told to the ledger before it leaves. Answers are decoded and checked by the
+protocol's contract, so nothing unchecked reaches the toolkit::
+
+    [backend]
+    name = "http"
+    model = "https://models.example.com"
+    [backend.options]
+    protocol = "v2"
+    model_name = "resnet"
+    input_shape = [3, 224, 224]
+    num_classes = 1000
+    output_kind = "probs"
+    key_env = "VENDOR_API_KEY"
+"""
+from __future__ import annotations
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
+
+from .keys import ApiKey
+from .protocols import Contract, Protocol, make_protocol
+from .transport import EndpointError, ResponseError, Transport, shown
+
+PROTOCOL_OPTIONS = {
+    "v2": ("model_name", "model_version", "input_name", "request_outputs", "scores_output", "labels_output"),
+    "tfserving": ("model_name", "model_version", "scores_output", "labels_output"),
+    "mlflow": ("scores_output", "labels_output"),
+    "template": ("path", "request", "scores_path", "topk_path", "labels_path", "label_key", "score_key",
+                 "health_path"),
+}
+
+
+class HttpBackend(Backend):
+    """A remote prediction API (KServe V2, TF-Serving, MLflow or a declared JSON template)."""
+
+    name = "http"
+    probe_examples = 1           # one paid call at the start checks the whole answer contract
+
+    def __init__(self, url: str, *, protocol: Protocol, input_shape: Sequence[int], num_classes: int,
+                 output_kind: str = "probs", k: int = 1, labels: list[str] | None = None,
+                 dtype: str = "float32", value_range: Sequence[float] = (-math.inf, math.inf),
+                 max_batch: int = 64, concurrency: int = 4, transport: Transport):
+        if output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"expected backend.options.output_kind among {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+        if output_kind == "topk" and not 1 <= int(k) <= int(num_classes):
+            raise ValueError(f"expected backend.options.k in [1, {num_classes}] for top-k answers, got {k}")
+        if labels is not None and len(labels) != int(num_classes):
+            raise ValueError(f"expected {num_classes} class names in backend.options.labels, got {len(labels)}")
+        if int(max_batch) < 1 or int(concurrency) < 1:
+            raise ValueError(f"expected max_batch and concurrency of at least 1, got {max_batch} and {concurrency}")
+        self.protocol, self.transport = protocol, transport
+        self.input_spec = InputSpec(tuple(int(s) for s in input_shape), dtype,
+                                    tuple(float(v) for v in value_range))
+        self.num_classes, self.output_kind = int(num_classes), output_kind
+        self.contract = Contract(output_kind, num_classes, k if output_kind == "topk" else 1, labels)
+        self.max_batch, self.concurrency = int(max_batch), int(concurrency)
+        self.model_id = f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}"
+        try:
+            self._check_ready()
+        except ValueError:
+            transport.close()
+            raise
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bbreprog-http")
+
+    @classmethod
+    def from_config(cls, model: str, *, protocol: str = "v2", input_shape: Sequence[int] = (),
+                    num_classes: int = 0, key_env: str = "", key_file: str = "",
+                    key_header: str = "Authorization", key_prefix: str | None = None,
+                    connect_timeout: float = 5.0, read_timeout: float = 60.0, retries: int = 5,
+                    retry_after_cap: float = 60.0, rate_limit: float = 0.0, breaker_failures: int = 10,
+                    ca_bundle: str = "", **options) -> "HttpBackend":
+        """``model`` is the endpoint's base URL; ``options`` are ``backend.options``."""
+        if not input_shape or not num_classes:
+            raise ValueError("expected backend.options input_shape and num_classes for an http backend (an "
+                             f"endpoint's metadata is optional, so they are not guessed), got {input_shape!r} "
+                             f"and {num_classes!r}")
+        wanted = PROTOCOL_OPTIONS.get(protocol, ())
+        protocol_options = {key: options.pop(key) for key in list(options) if key in wanted}
+        key = ApiKey.load(env=key_env, file=key_file, header=key_header, prefix=key_prefix)
+        transport = Transport(model, key=key, connect_timeout=connect_timeout, read_timeout=read_timeout,
+                              retries=retries, retry_after_cap=retry_after_cap, rate_limit=rate_limit,
+                              breaker_failures=breaker_failures, ca_bundle=ca_bundle)
+        return cls(model, protocol=make_protocol(protocol, **protocol_options), input_shape=input_shape,
+                   num_classes=num_classes, transport=transport, **options)
+
+    # ---- before any query ------------------------------------------------------------------
+    def _check_ready(self) -> None:
+        """The endpoint answers its protocol's health check (free: no example is sent)."""
+        path = self.protocol.ready_path
+        if path is None:
+            return
+        url = shown(self.transport.url(path))
+        try:
+            response = self.transport.get(path)
+        except EndpointError as error:
+            raise ValueError(str(error)) from None
+        except Exception as error:                 # connection refused, DNS, TLS: one sentence
+            raise ValueError(f"expected a {self.protocol.name} endpoint answering GET {url}, got "
+                             f"{type(error).__name__}") from None
+        if response.status_code != 200:
+            raise ValueError(f"expected a {self.protocol.name} endpoint answering GET {url} with 200, "
+                             f"got HTTP {response.status_code}")
+
+    # ---- queries -----------------------------------------------------------------------------
+    def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None) -> Prediction:
+        """Answers for a batch: requests of at most ``max_batch`` examples, ``concurrency`` in
+        flight; every request is waited for, so each attempt is booked even when one fails."""
+        self.input_spec.check(x)
+        chunks = [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
+        futures = [self._pool.submit(self._request, chunk, on_send) for chunk in chunks]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return Prediction.concat([f.result() for f in futures])
+
+    def _request(self, chunk: np.ndarray, on_send: Callable[..., None] | None) -> Prediction:
+        body = json.dumps(self.protocol.encode(chunk)).encode()
+
+        def attempt(is_retry: bool) -> None:
+            if on_send:
+                on_send(len(chunk), retry=is_retry)
+
+        response = self.transport.post(self.protocol.infer_path, body, attempt)
+        try:
+            return self._checked(self.protocol.decode(_json(self.transport._scrub_bytes(response.content)), len(chunk), self.contract), len(chunk))
+        except ResponseError as error:
+            raise ResponseError(self.transport._scrub(f"{shown(response.url)}: {error}")) from None
+
+    def _predict(self, x: np.ndarray) -> Prediction:
+        return self.query(x)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.transport.close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.protocol.describe(), "url": shown(self.transport.base_url),
+                "max_batch": self.max_batch, "concurrency": self.concurrency}
+
+
+def _json(content: bytes) -> object:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ResponseError(f"expected a JSON body, got {len(content)} bytes that do not parse "
+                            f"({type(error).__name__} at position {getattr(error, 'pos', '?')})") from None

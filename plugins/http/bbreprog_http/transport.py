@@ -1,0 +1,214 @@
+"""One endpoint's HTTP: timeouts, retries, rate limit, circuit breaker, same-origin redirects.
+
+Every attempt whose bytes leave the machine is reported through ``on_attempt`` before it
+is sent, so the ledger counts it as possibly billed — retries included. Several threads
+share one Transport (bounded concurrency); each thread keeps its own ``requests.Session``.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Callable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from blackbox_reprog.backend import BackendUnavailable
+
+from .keys import ApiKey
+from .retry import retry_delay, should_retry
+
+METHOD_KEEPING_REDIRECTS = (307, 308)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class EndpointError(RuntimeError):
+    """The endpoint did not give a usable answer (after the retries the policy allows)."""
+
+
+class EndpointUnavailable(EndpointError, BackendUnavailable):
+    """The circuit breaker opened: too many attempts in a row failed; the run should stop."""
+
+
+class ResponseError(EndpointError):
+    """A 200 answer that breaks the contract (paid for: recorded, never retried)."""
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def shown(url: str) -> str:
+    """A URL fit for a message: without any user:password part."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class RateLimit:
+    """At most ``per_second`` requests a second across threads (0: no limit)."""
+
+    def __init__(self, per_second: float):
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        time.sleep(max(start - now, 0.0))
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failed attempts across all requests; stays open."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.failures, self.last = int(threshold), 0, ""
+        self._lock = threading.Lock()
+
+    def check(self, url: str) -> None:
+        if self.threshold and self.failures >= self.threshold:
+            raise EndpointUnavailable(f"expected {url} to answer, got {self.failures} failed attempts in a row "
+                                      f"(last: {self.last}); stopping before spending more")
+
+    def record(self, failure: str | None) -> None:
+        with self._lock:
+            if failure is None:
+                self.failures = 0
+            else:
+                self.failures, self.last = self.failures + 1, failure
+
+
+class Transport:
+    def __init__(self, base_url: str, *, key: ApiKey | None = None, connect_timeout: float = 5.0,
+                 read_timeout: float = 60.0, retries: int = 5, retry_after_cap: float = 60.0,
+                 rate_limit: float = 0.0, breaker_failures: int = 10, ca_bundle: str = "",
+                 max_redirects: int = 3, seed: int | None = None):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {shown(base_url)!r}")
+        if parts.username or parts.password:
+            raise ValueError("expected a URL without user:password (give the key through key_env or "
+                             f"key_file), got credentials in {shown(base_url)!r}")
+        if key is not None and parts.scheme == "http" and parts.hostname.lower() not in LOOPBACK_HOSTS:
+            raise ValueError(f"expected an https:// URL to send an API key to {parts.hostname}, got plain "
+                             "http:// (allowed only for 127.0.0.1 and localhost)")
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.timeout = (float(connect_timeout), float(read_timeout))
+        self.retries, self.retry_after_cap = int(retries), float(retry_after_cap)
+        self.verify: bool | str = ca_bundle or True            # TLS verified; a private CA may be named
+        self.max_redirects = int(max_redirects)
+        self.rate_limit = RateLimit(float(rate_limit))
+        self.breaker = CircuitBreaker(breaker_failures)
+        self._rng = random.Random(seed)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    # ---- public --------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def get(self, path: str) -> requests.Response:
+        """One GET (health, metadata): no query is spent, so no ledger and no retries."""
+        return self._send("GET", self.url(path), None)
+
+    def post(self, path: str, body: bytes, on_attempt: Callable[[bool], None]) -> requests.Response:
+        """POST until a 200 arrives, retrying what the policy allows; ``on_attempt(is_retry)`` is
+        called before each attempt leaves (it may refuse by raising, e.g. over budget)."""
+        url = self.url(path)
+        for retry in range(self.retries + 1):
+            self.breaker.check(shown(url))
+            self.rate_limit.wait()
+            on_attempt(retry > 0)
+            response = None
+            try:
+                response = self._send("POST", url, body, on_attempt)
+            except requests.exceptions.SSLError:
+                raise EndpointError(f"expected a TLS certificate for {shown(url)} that verifies, got one that "
+                                    "does not (name a private CA with backend.options.ca_bundle)") from None
+            except (requests.ConnectionError, requests.Timeout) as error:
+                failure = self._describe(error)
+            else:
+                if response.status_code == 200:
+                    self.breaker.record(None)
+                    return response
+                failure = f"HTTP {response.status_code}"
+                if not should_retry(response.status_code):
+                    self.breaker.record(None)           # the endpoint is up; the request is wrong
+                    raise EndpointError(f"expected HTTP 200 from {shown(url)}, got {failure}: "
+                                        f"{self._excerpt(response)}")
+            self.breaker.record(failure)
+            if retry == self.retries:
+                raise EndpointError(f"expected an answer from {shown(url)}, got {failure} on all "
+                                    f"{self.retries + 1} attempts")
+            with self._lock:
+                delay = retry_delay(None if response is None else response.headers, retry,
+                                    cap=self.retry_after_cap, rng=self._rng)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    # ---- one request, redirects followed within the origin only -----------------------------
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False        # no netrc credentials or env proxies slipped in
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def _send(self, method: str, url: str, body: bytes | None,
+              on_attempt: Callable[[bool], None] | None = None) -> requests.Response:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.key is not None:
+            headers.update(self.key.headers())
+        for hop in range(self.max_redirects + 1):
+            if hop and on_attempt:            # the body is sent again: book it like a retry
+                on_attempt(True)
+            response = self._session().request(method, url, data=body, headers=headers, timeout=self.timeout,
+                                               allow_redirects=False, verify=self.verify)
+            if not response.is_redirect:
+                return response
+            target = urljoin(url, response.headers.get("location", ""))
+            parts = urlsplit(target)
+            try:
+                elsewhere = origin(target) != origin(url) or parts.username or parts.password
+                where = shown(target)
+            except ValueError:
+                raise EndpointError(f"expected answers from {shown(url)}, got a redirect to an unparsable "
+                                    "location: not followed") from None
+            if elsewhere:
+                raise EndpointError(self._scrub(f"expected answers from {shown(url)}, got a redirect to {where}: not "
+                                    "followed, a key is never sent to another origin or with URL credentials"))
+            if response.status_code not in METHOD_KEEPING_REDIRECTS and method != "GET":
+                raise EndpointError(f"expected a {method} redirect that keeps its method (307 or 308), got "
+                                    f"{response.status_code} to {shown(target)}")
+            url = target
+        raise EndpointError(f"expected an answer from {shown(url)}, got more than {self.max_redirects} redirects")
+
+    def _describe(self, error: Exception) -> str:
+        kind = "timeout" if isinstance(error, requests.Timeout) else "connection error"
+        return self._scrub(f"{kind} ({type(error).__name__})")
+
+    def _excerpt(self, response: requests.Response) -> str:
+        return self._scrub(response.text)[:200].replace("\n", " ").strip() or "(empty body)"
+
+    def _scrub_bytes(self, content: bytes) -> bytes:
+        return self.key.scrub_bytes(content) if self.key is not None else content
+
+    def _scrub(self, text: str) -> str:
+        return self.key.scrub(text) if self.key is not None else text
