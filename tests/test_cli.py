@@ -23,7 +23,7 @@ def test_backends_lists_the_installed_plugins():
 
 @pytest.mark.parametrize("args, message", [
     (("--set", "estimator.directons=5"), "error: unknown config key estimator.'directons'; did you mean estimator.'directions'?"),
-    (("--set", "backend.name=onxx"), "error: unknown backend 'onxx'; did you mean 'onnx'? installed: callable, onnx"),
+    (("--set", "backend.name=onxx"), "error: unknown backend 'onxx'; did you mean 'onnx'? installed: callable, http, onnx"),
     (("--set", "data.name=/no/such/file.ts"), "error: "),
     (("--set", "data.name=digits"), "error: the signal program expects 1-D series and a 1-D model input, got target (1, 8, 8) and model input (1024,)"),
     (("--budget", "10"), "error: expected a budget of at least"),

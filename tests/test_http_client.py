@@ -692,7 +692,7 @@ MALFORMED = {
                                            r"shape \(2, 3\), got \(2,\)"),
     "v2 several outputs, none chosen": (V2("m"), Contract("logits", 3),
                                         v2_outputs(("a", "FP32", LOGITS), ("b", "FP32", LOGITS)),
-                                        r"one output or backend.options.scores_output to choose, got outputs \['a', 'b'\]"),
+                                        r"one output or backend.options.scores_output / labels_output to choose, got outputs \['a', 'b'\]"),
     "v2 chosen output missing": (V2("m", scores_output="probs"), Contract("probs", 3),
                                  v2_outputs(("a", "FP32", PROBS), ("b", "FP32", PROBS)),
                                  r"an output named 'probs', got \['a', 'b'\]"),

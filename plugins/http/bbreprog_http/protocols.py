@@ -121,7 +121,7 @@ class V2(Protocol):
 
     def __init__(self, model_name: str, model_version: str = "", input_name: str = "input",
                  request_outputs: list[str] | None = None, scores_output: str = "",
-                 labels_output: str = "labels"):
+                 labels_output: str = ""):
         if not model_name:
             raise ValueError("expected backend.options.model_name for the v2 protocol, got none")
         self.model_path = f"/v2/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
@@ -144,18 +144,19 @@ class V2(Protocol):
                 raise ResponseError(f"expected V2 outputs with a name and data, got {_sample(entry)}")
             by_name[str(entry["name"])] = entry
         if contract.kind == "topk":
-            return contract.topk(self._tensor(by_name, self.labels_output, int_ok=True),
+            return contract.topk(self._tensor(by_name, self.labels_output or "labels", int_ok=True),
                                  self._tensor(by_name, self.scores_output or "scores"), batch)
-        if contract.kind == "label":
-            return contract.labels(self._tensor(by_name, self.labels_output, int_ok=True), batch)
+        if contract.kind == "label":                  # unnamed: the only output, else "labels"
+            name = self.labels_output or ("" if len(by_name) == 1 else "labels")
+            return contract.labels(self._tensor(by_name, name, int_ok=True), batch)
         return contract.scores(self._tensor(by_name, self.scores_output), batch)
 
     @staticmethod
     def _tensor(by_name: dict, name: str, int_ok: bool = False) -> np.ndarray | list:
         if not name:                               # no name configured: the one output there is
             if len(by_name) != 1:
-                raise ResponseError(f"expected one output or backend.options.scores_output to choose, got "
-                                    f"outputs {sorted(by_name)}")
+                raise ResponseError(f"expected one output or backend.options.scores_output / labels_output to "
+                                    f"choose, got outputs {sorted(by_name)}")
             name = next(iter(by_name))
         if name not in by_name:
             raise ResponseError(f"expected an output named {name!r}, got {sorted(by_name)}")
