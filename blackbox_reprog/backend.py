@@ -109,13 +109,17 @@ class Backend:
     max_batch: int = 256
     #: identifies the model for answer caching (e.g. a file checksum or an endpoint URL)
     model_id: str = ""
+    #: answers cost money and may fail in flight: runs journal them by default (train.journal = "auto")
+    remote: bool = False
 
     def _predict(self, x: np.ndarray) -> Prediction:          # (b, *shape) -> Prediction
         raise NotImplementedError
 
-    def query(self, x: np.ndarray, on_send: Callable[[int], None] | None = None) -> Prediction:
+    def query(self, x: np.ndarray, on_send: Callable[[int], None] | None = None,
+              key: str | None = None) -> Prediction:
         """Answers for a batch, in calls of at most ``max_batch``; ``on_send(n)`` is told just
-        before each call goes out, so a failure part-way leaves the earlier calls counted."""
+        before each call goes out, so a failure part-way leaves the earlier calls counted.
+        ``key`` names a single call for APIs that honour idempotency keys (local models ignore it)."""
         self.input_spec.check(x)
         parts = []
         for i in range(0, len(x), self.max_batch):

@@ -69,10 +69,12 @@ def main():
     zeroth-order gradient estimates, counting every query."""
 
 
-def _train(config: RunConfig, quiet: bool) -> None:
+def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
+    """Train ``config``; with ``run_dir``, resume the interrupted run in that folder."""
     from tqdm import tqdm
 
     from .backend import BackendUnavailable
+    from .journal import JournalError
     from .runner import Run
     bar = None if quiet else tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
                                   desc=f"{config.data.name}", file=sys.stderr)
@@ -93,7 +95,11 @@ def _train(config: RunConfig, quiet: bool) -> None:
             bar.close()
         _fail(str(error))
     try:
-        run_dir, summary = job.execute()
+        run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
+    except JournalError as error:            # found on opening the journal: nothing was sent
+        if bar is not None:
+            bar.close()
+        _fail(str(error))
     except BackendUnavailable as error:      # the model stopped answering: come back later
         if bar is not None:
             bar.close()
@@ -108,6 +114,8 @@ def _train(config: RunConfig, quiet: bool) -> None:
     q = summary["queries"]
     probe = f"probe {q['probe']:,} + " if q["probe"] else ""
     retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
+    if summary.get("journal", {}).get("answers_from_store"):
+        retried += f"; {summary['journal']['answers_from_store']:,} of them read back from the answer store, not bought"
     click.echo(
         f"\n{summary['data']['name']}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
@@ -145,6 +153,22 @@ def train(config_file, budget, seed, method, out, overrides, quiet):
     except ConfigError as error:
         _fail(str(error))
     _train(config, quiet)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def resume(run_dir, quiet):
+    """Continue an interrupted run: it is replayed from the start with its seed, every answer
+    already paid for read back from its journal's answer store, and goes on where it stopped."""
+    folder = Path(run_dir)
+    if not (folder / "config.toml").is_file():
+        _fail(f"expected a run folder holding config.toml, got {folder}")
+    try:
+        config = load_config(folder / "config.toml")
+    except ConfigError as error:
+        _fail(str(error))
+    _train(config, quiet, run_dir=folder)
 
 
 @main.command()
@@ -233,9 +257,10 @@ def _backend_options(pairs: tuple[str, ...]) -> dict:
               help="Seconds a 429 asks the client to wait.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 @click.option("--fp64", is_flag=True, help="Label V2 scores FP64, as some servers do.")
+@click.option("--idempotent", is_flag=True, help="Bill each Idempotency-Key once; resends get the stored answer.")
 @click.option("--billing-file", type=click.Path(dir_okay=False), help="Write the final bill here as JSON.")
 def serve(model, backend_name, options, name, port, output, k, api_key_env, key_header, latency,
-          fault_rate, faults, timeout_delay, retry_after, seed, fp64, billing_file):
+          fault_rate, faults, timeout_delay, retry_after, seed, fp64, idempotent, billing_file):
     """Serve MODEL on 127.0.0.1 over the V2 (KServe), TF-Serving and MLflow protocols, billing
     every query, to try the remote path end to end. Stop with Ctrl-C or SIGTERM: the bill is
     printed as one JSON line."""
@@ -262,7 +287,8 @@ def serve(model, backend_name, options, name, port, output, k, api_key_env, key_
             backend, name=name or Path(model).stem, port=port, api_key=api_key, key_header=key_header,
             output=output or "", k=k, latency=latency, fault_rate=fault_rate,
             faults=tuple(f.strip() for f in faults.split(",") if f.strip()), timeout_delay=timeout_delay,
-            retry_after=retry_after, seed=seed, fp64=fp64, log=lambda line: click.echo(line, err=True))
+            retry_after=retry_after, seed=seed, fp64=fp64, idempotent=idempotent,
+            log=lambda line: click.echo(line, err=True))
     except ValueError as error:
         backend.close()
         _fail(str(error))

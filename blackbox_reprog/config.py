@@ -94,6 +94,8 @@ class TrainConfig:
     eval_every: int = 10            # steps between validation passes
     checkpoint_every: int = 10
     compare_with: str = ""          # also run this method with the same seed and steps (e.g. whitebox)
+    journal: str = "auto"           # write-ahead journal + answer store: auto (remote backends) | on | off
+    answer_store: str = ""          # folder of stored answers shared between runs ("": the run folder's)
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
 
 
 CHOICES = {"train.method": ("blackbox", "whitebox", "evolution"), "backend.output": ("", "probs", "topk", "label"),
-           "train.compare_with": ("", "blackbox", "whitebox", "evolution")}
+           "train.compare_with": ("", "blackbox", "whitebox", "evolution"),
+           "train.journal": ("auto", "on", "off")}
 
 
 def _check_limits(config: RunConfig) -> None:

@@ -40,12 +40,22 @@ class DegradedBackend(Backend):
         self.input_spec = inner.input_spec
         self.num_classes = inner.num_classes
         self.max_batch = inner.max_batch
+        # a remote inner stays remote: probed, journaled, several requests in flight
+        self.remote = inner.remote
+        self.probe_examples = int(getattr(inner, "probe_examples", 0))
+        self.concurrency = int(getattr(inner, "concurrency", 1))
         self.name = f"{inner.name}+{kind}"
         # a different answer for the same input: the cache must not mix the two
         self.model_id = f"{inner.model_id}:{'topk' + str(self.k) if kind == 'topk' else kind}"
 
+    def query(self, x: np.ndarray, on_send=None, key: str | None = None) -> Prediction:
+        """The inner backend books its own calls (and retries) through ``on_send``."""
+        return self._degrade(self.inner.query(x, on_send=on_send, key=key))
+
     def _predict(self, x: np.ndarray) -> Prediction:               # (b, *shape) -> Prediction
-        full = self.inner.query(x)
+        return self._degrade(self.inner.query(x))
+
+    def _degrade(self, full: Prediction) -> Prediction:
         if full.kind == "topk":                                    # topk → label: keep the best
             return Prediction("label", self.num_classes, labels=full.labels[:, :1].copy())
         scores = full.scores.astype(np.float64)                    # (b, C)

@@ -26,7 +26,8 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass
 class Tally:
-    queries: int = 0         # examples sent, first attempts
+    queries: int = 0         # examples asked for, first attempts (answered from the store included)
+    stored: int = 0          # of those, answered from the answer store: paid for by an earlier process
     retried: int = 0         # examples sent again (possibly billed again)
     calls: int = 0           # requests, retries included
     seconds: float = 0.0
@@ -36,18 +37,20 @@ class Tally:
         return self.queries + self.retried
 
     def as_dict(self) -> dict:
-        return {"queries": self.queries, "retried": self.retried, "calls": self.calls,
+        return {"queries": self.queries, "stored": self.stored, "retried": self.retried, "calls": self.calls,
                 "seconds": round(self.seconds, 3)}
 
 
 class Ledger:
     """Wraps a backend; every query goes through ``query(x, purpose)``."""
 
-    def __init__(self, backend: Backend, budget: int | None):
+    def __init__(self, backend: Backend, budget: int | None, recorder=None):
         if budget is not None and budget < 0:
             raise ValueError(f"expected a budget of 0 or more queries, got {budget}")
         self.backend = backend
         self.budget = budget
+        #: a journal.Recorder: answers already paid for are read back, new calls journaled
+        self.recorder = recorder
         self.tallies = {purpose: Tally() for purpose in PURPOSES}
         self._lock = threading.Lock()          # a remote backend books from several threads
 
@@ -81,17 +84,23 @@ class Ledger:
         self._admit(len(x), purpose)                 # the whole batch must fit before any call
         tally = self.tallies[purpose]
 
-        def sent(queries: int, retry: bool = False) -> None:   # booked as each call leaves, paid or not
+        def sent(queries: int, retry: bool = False, stored: bool = False) -> None:
+            """Booked as each call leaves, paid or not; an answer read from the store is booked
+            like the query that bought it, so a resumed run counts (and stops) exactly as an
+            uninterrupted one."""
             with self._lock:
                 if retry:                                        # a retry must fit the budget too
                     self._admit(queries, purpose)
                     tally.retried += queries
                 else:
                     tally.queries += queries
-                tally.calls += 1
+                tally.stored += queries if stored else 0
+                tally.calls += 0 if stored else 1
 
         started = time.perf_counter()
         try:
+            if self.recorder is not None:
+                return self.recorder.query(x, purpose, sent)
             return self.backend.query(x, on_send=sent)
         finally:
             tally.seconds += time.perf_counter() - started
@@ -108,6 +117,7 @@ class Ledger:
         out = {purpose: tally.as_dict() for purpose, tally in self.tallies.items()}
         out["total"] = {
             "queries": sum(t.queries for t in self.tallies.values()),
+            "stored": sum(t.stored for t in self.tallies.values()),
             "retried": sum(t.retried for t in self.tallies.values()),
             "calls": sum(t.calls for t in self.tallies.values()),
             "seconds": round(sum(t.seconds for t in self.tallies.values()), 3),
@@ -121,4 +131,4 @@ class Ledger:
 
     def load_state_dict(self, state: dict) -> None:
         for purpose, values in state.items():
-            self.tallies[purpose] = Tally(**{"retried": 0, **values})
+            self.tallies[purpose] = Tally(**{"retried": 0, "stored": 0, **values})

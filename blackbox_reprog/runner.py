@@ -198,21 +198,52 @@ class Run:
             self.progress(row)
 
     def _on_checkpoint(self, state: dict) -> None:
+        saved = self._replaying
+        if saved is not None and state["step"] <= saved["step"]:
+            # replaying an interrupted run: it must pass through the state it had saved
+            if state["step"] == saved["step"] and not torch.equal(state["theta"], saved["theta"]):
+                raise RuntimeError(f"expected the replay to reach the checkpoint's θ at step {saved['step']}, got "
+                                   "another θ: the model's answers or the code changed since the run began")
+            return
         save_checkpoint(self.run_dir / "checkpoint.pt", state)
 
-    def execute(self, run_dir: Path | None = None) -> tuple[Path, dict]:
+    def _saved_checkpoint(self) -> dict | None:
+        path = self.run_dir / "checkpoint.pt"
+        return torch.load(path, weights_only=True) if path.exists() else None
+
+    def _recorder(self):
+        """The journal and the answer store, when the config (or a remote backend) asks for them."""
+        from .journal import ANSWERS, JOURNAL, AnswerStore, Journal, Recorder
+        mode, backend = self.config.train.journal, self.components.backend
+        if mode == "off" or (mode == "auto" and not backend.remote):
+            return None
+        store = Path(self.config.train.answer_store).expanduser() if self.config.train.answer_store else self.run_dir / ANSWERS
+        return Recorder(backend, Journal(self.run_dir / JOURNAL), AnswerStore(store))
+
+    def execute(self, run_dir: Path | None = None, *, resume: bool = False) -> tuple[Path, dict]:
+        """Train and write the run folder. ``resume``: ``run_dir`` holds an interrupted run of
+        this config; it is replayed from the start with the same seed, every answer already
+        paid for read back from the answer store, and continues where it stopped."""
         components = self.components
         self.run_dir = run_dir or new_run_dir(self.config)
-        atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
+        if not resume:
+            atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
+        recorder = self._recorder()
+        components.trainer.ledger.recorder = recorder
+        self._replaying = self._saved_checkpoint() if resume else None
         try:
             with open(self.run_dir / "metrics.jsonl", "w") as self._metrics:
                 result = components.trainer.fit()
         finally:
+            if recorder is not None:
+                recorder.close()
             components.backend.close()
         save_checkpoint(self.run_dir / "program.pt", {
             "theta": result.theta, "label_map": result.label_map.state_dict(),
             "classes": list(components.splits.train.classes)})
         summary = result_dict(self.config, components, result)
+        if recorder is not None:
+            summary["journal"] = journal_summary(self.run_dir, result.ledger)
         if self.config.train.compare_with:
             summary["comparison"] = self._compare(result.steps)
         atomic_write(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -235,6 +266,23 @@ class Run:
         _, summary = Run(other).execute(folder)   # quiet: its counts start again at 0
         keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
         return {"method": method, "run_dir": folder.name, **{k: summary[k] for k in keys}}
+
+
+def journal_summary(run_dir: Path, ledger: dict) -> dict:
+    """What the journal saw: answers read back instead of bought, and calls sent again because
+    an earlier process died with them in flight (billed twice unless the API honoured the
+    idempotency key)."""
+    from collections import Counter
+
+    from .journal import JOURNAL, read_journal
+    records, _ = read_journal(run_dir / JOURNAL)
+    intents = [r for r in records if r["kind"] == "intent"]
+    sent = Counter(r["key"] for r in intents)
+    resent = [r for r in intents if sent[r["key"]] > 1]
+    return {"file": JOURNAL, "records": len(records), "answers_from_store": ledger["total"]["stored"],
+            "resent_after_interruption": {"calls": len(resent) - len({r["key"] for r in resent}),
+                                          "queries": sum(r["n"] for r in resent) - sum(
+                                              {r["key"]: r["n"] for r in resent}.values())}}
 
 
 def search_summary(config: RunConfig, search) -> dict:

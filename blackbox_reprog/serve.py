@@ -113,6 +113,10 @@ class ModelServer:
     (a 200 whose JSON is cut in half). ``latency`` delays every infer answer. ``fp64`` labels
     scores FP64 in V2 answers, as some servers do for float32 models. ``log`` receives one
     line per request (method, path, status; never a header).
+
+    With ``idempotent``, a request carrying an ``Idempotency-Key`` header is billed once per
+    key: a retry or a resend after the client crashed gets the stored answer (counted as
+    ``replayed``) or, if none was answered yet, is served without a second charge.
     """
 
     def __init__(self, backend: Backend, *, name: str, port: int = 0, api_key: str | None = None,
@@ -120,7 +124,7 @@ class ModelServer:
                  latency: float = 0.0, fault_rate: float = 0.0,
                  faults: Iterable[str] = ("429", "500", "timeout"), timeout_delay: float = 2.0,
                  retry_after: float = 0.0, seed: int = 0, fp64: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, idempotent: bool = False):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"expected a model name of letters, digits, '.', '_' or '-', got {name!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -147,8 +151,11 @@ class ModelServer:
         self.log = log
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._counts = {"billed": 0, "answered": 0, "requests": 0,
+        self._counts = {"billed": 0, "answered": 0, "requests": 0, "replayed": 0,
                         "faults": {f: 0 for f in FAULTS}, "unauthorized": 0}
+        self.idempotent = bool(idempotent)
+        self._billed_keys: set[str] = set()
+        self._answers: dict[str, bytes] = {}       # idempotency key -> the answer's body
         self._stopping = threading.Event()         # wakes sleeping handlers when stopping
         self._thread: threading.Thread | None = None
         self._started = self._closed = False
@@ -208,11 +215,14 @@ class ModelServer:
         with self._lock:
             return {**self._counts, "faults": dict(self._counts["faults"])}
 
-    def _bill(self, examples: int) -> str | None:
-        """Bill a valid batch, then draw its fault (None: answer normally). One lock for both,
-        so the n-th billed request always meets the n-th draw of the seeded generator."""
+    def _bill(self, examples: int, key: str | None = None) -> str | None:
+        """Bill a valid batch (once per idempotency key), then draw its fault (None: answer
+        normally). One lock for both, so the n-th request always meets the n-th draw."""
         with self._lock:
-            self._counts["billed"] += examples
+            if key is None or key not in self._billed_keys:
+                self._counts["billed"] += examples
+                if key is not None:
+                    self._billed_keys.add(key)
             self._counts["requests"] += 1
             fault = None
             if self._rng.random() < self.fault_rate:
@@ -220,9 +230,19 @@ class ModelServer:
                 self._counts["faults"][fault] += 1
             return fault
 
-    def _answered(self, examples: int) -> None:
+    def _answered(self, examples: int, key: str | None = None, body: bytes = b"") -> None:
         with self._lock:
             self._counts["answered"] += examples
+            if key is not None:
+                self._answers[key] = body
+
+    def _replay(self, key: str | None, examples: int) -> bytes | None:
+        """The stored answer to an idempotency key already answered, counted as replayed."""
+        with self._lock:
+            body = self._answers.get(key) if key is not None else None
+            if body is not None:
+                self._counts["replayed"] += examples
+            return body
 
     def _authorized(self, headers) -> bool:
         if self.api_key is None:
@@ -465,7 +485,12 @@ class _Handler(BaseHTTPRequestHandler):
             server.backend.input_spec.check(x)
         except InputError as error:
             raise _Refused(400, str(error)) from None
-        fault = server._bill(len(x))
+        key = self.headers.get("Idempotency-Key") if server.idempotent else None
+        stored = server._replay(key, len(x))
+        if stored is not None:                     # a retry or a resend: same answer, no charge
+            self._reply(200, stored)
+            return
+        fault = server._bill(len(x), key)
         server._wait(server.latency)
         if fault == "429":
             seconds = server.retry_after
@@ -485,5 +510,5 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, body[:len(body) // 2])
             return
         if fault is None:                          # counted before the client can read it
-            server._answered(len(x))
+            server._answered(len(x), key, body)
         self._reply(200, body)

@@ -150,7 +150,7 @@ def test_a_key_is_required_and_refusals_are_not_billed(header, sent):
         status, _, raw = call(server.url, "/billing", headers=sent(KEY))
         assert status == 200
         assert json.loads(raw) == server.billing() == {
-            "billed": 2, "answered": 2, "requests": 1, "unauthorized": 5,
+            "billed": 2, "answered": 2, "requests": 1, "replayed": 0, "unauthorized": 5,
             "faults": {"429": 0, "500": 0, "timeout": 0, "malformed": 0}}
 
 
@@ -195,7 +195,7 @@ def test_every_fault_is_billed_and_counted(fault):
                 assert status == 200 and headers["Content-Type"] == "application/json"
                 with pytest.raises(json.JSONDecodeError):
                     json.loads(raw)
-        assert server.billing() == {"billed": sum(sizes), "answered": 0, "requests": len(sizes), "unauthorized": 0,
+        assert server.billing() == {"billed": sum(sizes), "answered": 0, "requests": len(sizes), "replayed": 0, "unauthorized": 0,
                                     "faults": {"429": 0, "500": 0, "timeout": 0, "malformed": 0, fault: len(sizes)}}
 
 

@@ -43,12 +43,14 @@ class HttpBackend(Backend):
     """A remote prediction API (KServe V2, TF-Serving, MLflow or a declared JSON template)."""
 
     name = "http"
+    remote = True
     probe_examples = 1           # one paid call at the start checks the whole answer contract
 
     def __init__(self, url: str, *, protocol: Protocol, input_shape: Sequence[int], num_classes: int,
                  output_kind: str = "probs", k: int = 1, labels: list[str] | None = None,
                  dtype: str = "float32", value_range: Sequence[float] = (-math.inf, math.inf),
-                 max_batch: int = 64, concurrency: int = 4, transport: Transport):
+                 max_batch: int = 64, concurrency: int = 4, idempotency_header: str = "Idempotency-Key",
+                 transport: Transport):
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"expected backend.options.output_kind among {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
         if output_kind == "topk" and not 1 <= int(k) <= int(num_classes):
@@ -63,6 +65,7 @@ class HttpBackend(Backend):
         self.num_classes, self.output_kind = int(num_classes), output_kind
         self.contract = Contract(output_kind, num_classes, k if output_kind == "topk" else 1, labels)
         self.max_batch, self.concurrency = int(max_batch), int(concurrency)
+        self.idempotency_header = idempotency_header
         self.model_id = f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}"
         try:
             self._check_ready()
@@ -111,26 +114,32 @@ class HttpBackend(Backend):
                              f"got HTTP {response.status_code}")
 
     # ---- queries -----------------------------------------------------------------------------
-    def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None) -> Prediction:
+    def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None,
+              key: str | None = None) -> Prediction:
         """Answers for a batch: requests of at most ``max_batch`` examples, ``concurrency`` in
-        flight; every request is waited for, so each attempt is booked even when one fails."""
+        flight; every request is waited for, so each attempt is booked even when one fails.
+        ``key`` (one request's worth of examples) is sent as the idempotency header, retries
+        and resends after a restart included."""
         self.input_spec.check(x)
+        if key is not None and len(x) > self.max_batch:
+            raise ValueError(f"expected at most {self.max_batch} examples under one idempotency key, got {len(x)}")
         chunks = [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
-        futures = [self._pool.submit(self._request, chunk, on_send) for chunk in chunks]
+        futures = [self._pool.submit(self._request, chunk, on_send, key) for chunk in chunks]
         errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
         return Prediction.concat([f.result() for f in futures])
 
-    def _request(self, chunk: np.ndarray, on_send: Callable[..., None] | None) -> Prediction:
+    def _request(self, chunk: np.ndarray, on_send: Callable[..., None] | None, key: str | None) -> Prediction:
         body = json.dumps(self.protocol.encode(chunk)).encode()
+        headers = {self.idempotency_header: key} if key and self.idempotency_header else {}
 
         def attempt(is_retry: bool) -> None:
             if on_send:
                 on_send(len(chunk), retry=is_retry)
 
-        response = self.transport.post(self.protocol.infer_path, body, attempt)
+        response = self.transport.post(self.protocol.infer_path, body, attempt, headers)
         try:
             return self._checked(self.protocol.decode(_json(self.transport._scrub_bytes(response.content)), len(chunk), self.contract), len(chunk))
         except ResponseError as error:

@@ -119,7 +119,8 @@ class Transport:
         """One GET (health, metadata): no query is spent, so no ledger and no retries."""
         return self._send("GET", self.url(path), None)
 
-    def post(self, path: str, body: bytes, on_attempt: Callable[[bool], None]) -> requests.Response:
+    def post(self, path: str, body: bytes, on_attempt: Callable[[bool], None],
+             headers: dict[str, str] | None = None) -> requests.Response:
         """POST until a 200 arrives, retrying what the policy allows; ``on_attempt(is_retry)`` is
         called before each attempt leaves (it may refuse by raising, e.g. over budget)."""
         url = self.url(path)
@@ -129,7 +130,7 @@ class Transport:
             on_attempt(retry > 0)
             response = None
             try:
-                response = self._send("POST", url, body, on_attempt)
+                response = self._send("POST", url, body, on_attempt, headers)
             except requests.exceptions.SSLError:
                 raise EndpointError(f"expected a TLS certificate for {shown(url)} that verifies, got one that "
                                     "does not (name a private CA with backend.options.ca_bundle)") from None
@@ -172,8 +173,9 @@ class Transport:
         return session
 
     def _send(self, method: str, url: str, body: bytes | None,
-              on_attempt: Callable[[bool], None] | None = None) -> requests.Response:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+              on_attempt: Callable[[bool], None] | None = None,
+              extra: dict[str, str] | None = None) -> requests.Response:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **(extra or {})}
         if self.key is not None:
             headers.update(self.key.headers())
         for hop in range(self.max_redirects + 1):
