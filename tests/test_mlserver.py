@@ -44,7 +44,7 @@ def test_probabilities_pass_the_conformance_kit_and_equal_the_model(mlserver, di
         backend.close()
     expected = mlserver.model.predict_proba(digits.astype(np.float64)).astype(np.float32)
     np.testing.assert_allclose(answer.scores, expected, atol=1e-6)
-    assert book.summary()["train"] == {"queries": 40, "retried": 0, "calls": 3,
+    assert book.summary()["train"] == {"queries": 40, "stored": 0, "retried": 0, "calls": 3,
                                        "seconds": book.summary()["train"]["seconds"]}
 
 

@@ -25,7 +25,7 @@ def test_spend_is_refused_over_budget_like_a_query():
     ledger.spend(8, "train")
     with pytest.raises(BudgetExceeded, match=r"a train call of 3 queries would exceed the budget \(8 of 10 spent\)"):
         ledger.spend(3, "train")
-    assert ledger.summary()["train"] == {"queries": 8, "retried": 0, "calls": 1, "seconds": 0.0}
+    assert ledger.summary()["train"] == {"queries": 8, "stored": 0, "retried": 0, "calls": 1, "seconds": 0.0}
 
 
 @pytest.mark.parametrize("optimizer, subspace, popsize, sigma, budget", [

@@ -66,7 +66,9 @@ class HttpBackend(Backend):
         self.contract = Contract(output_kind, num_classes, k if output_kind == "topk" else 1, labels)
         self.max_batch, self.concurrency = int(max_batch), int(concurrency)
         self.idempotency_header = idempotency_header
-        self.model_id = f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}"
+        # what identifies the answers (journal keys, answer store): the endpoint and what is asked of it
+        self.model_id = (f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}:{output_kind}"
+                         + (f":k{k}" if output_kind == "topk" else "") + protocol.variant())
         try:
             self._check_ready()
         except ValueError:

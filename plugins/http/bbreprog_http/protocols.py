@@ -109,6 +109,10 @@ class Protocol:
     def describe(self) -> dict:
         return {"protocol": self.name, "path": self.infer_path}
 
+    def variant(self) -> str:
+        """What, besides the URL, changes the answers to the same inputs (for the model id)."""
+        return ""
+
 
 class V2(Protocol):
     """``POST /v2/models/{name}[/versions/{v}]/infer``; inputs as one flat tensor, outputs by name.
@@ -128,6 +132,9 @@ class V2(Protocol):
         self.infer_path = self.model_path + "/infer"
         self.input_name, self.request_outputs = input_name, list(request_outputs or [])
         self.scores_output, self.labels_output = scores_output, labels_output
+
+    def variant(self) -> str:
+        return f":outputs={','.join(self.request_outputs)}" if self.request_outputs else ""
 
     def encode(self, x: np.ndarray) -> dict:
         body = {"inputs": [{"name": self.input_name, "shape": list(x.shape),
@@ -245,6 +252,9 @@ class Template(Protocol):
         self.request = request
         self.scores_path, self.topk_path, self.labels_path = scores_path, topk_path, labels_path
         self.label_key, self.score_key = label_key, score_key
+
+    def variant(self) -> str:
+        return ":request=" + json.dumps(self.request, sort_keys=True)
 
     def encode(self, x: np.ndarray) -> dict:
         return _substitute(copy.deepcopy(self.request), x.tolist())
