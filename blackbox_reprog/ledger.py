@@ -83,17 +83,19 @@ class Ledger:
         self.backend.input_spec.check(x)
         self._admit(len(x), purpose)                 # the whole batch must fit before any call
         tally = self.tallies[purpose]
+        unsent = [len(x)]                            # admitted first attempts not yet sent
 
         def sent(queries: int, retry: bool = False, stored: bool = False) -> None:
             """Booked as each call leaves, paid or not; an answer read from the store is booked
             like the query that bought it, so a resumed run counts (and stops) exactly as an
             uninterrupted one."""
             with self._lock:
-                if retry:                                        # a retry must fit the budget too
-                    self._admit(queries, purpose)
+                if retry:      # a retry must fit beside the rest of the batch, which was admitted
+                    self._admit(queries + unsent[0], purpose)
                     tally.retried += queries
                 else:
                     tally.queries += queries
+                    unsent[0] -= queries
                 tally.stored += queries if stored else 0
                 tally.calls += 0 if stored else 1
 

@@ -208,8 +208,19 @@ class Run:
         save_checkpoint(self.run_dir / "checkpoint.pt", state)
 
     def _saved_checkpoint(self) -> dict | None:
+        """The interrupted run's checkpoint, read without unpickling anything but tensors and
+        plain containers; a damaged or hostile file is one sentence (the CLI's exit code 2)."""
+        from .journal import JournalError
         path = self.run_dir / "checkpoint.pt"
-        return torch.load(path, weights_only=True) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved["step"], saved["theta"]
+        except Exception as error:
+            raise JournalError(f"expected a readable checkpoint.pt in {self.run_dir}, got one that fails to "
+                               f"load ({type(error).__name__})") from None
+        return saved
 
     def _recorder(self):
         """The journal and the answer store, when the config (or a remote backend) asks for them."""
@@ -228,9 +239,13 @@ class Run:
         self.run_dir = run_dir or new_run_dir(self.config)
         if not resume:
             atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
-        recorder = self._recorder()
+        try:                                      # refused here: nothing was sent
+            self._replaying = self._saved_checkpoint() if resume else None   # before the journal is opened
+            recorder = self._recorder()
+        except BaseException:
+            components.backend.close()
+            raise
         components.trainer.ledger.recorder = recorder
-        self._replaying = self._saved_checkpoint() if resume else None
         try:
             with open(self.run_dir / "metrics.jsonl", "w") as self._metrics:
                 result = components.trainer.fit()

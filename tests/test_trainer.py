@@ -5,7 +5,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blackbox_reprog.backend import CallableBackend
+from blackbox_reprog.backend import CallableBackend, Prediction
+from blackbox_reprog.ledger import BudgetExceeded
 from blackbox_reprog.config import load_config
 from blackbox_reprog.runner import build
 from blackbox_reprog.trainer import BudgetTooSmall
@@ -114,3 +115,51 @@ def test_cosine_schedule_reaches_zero_when_the_budget_runs_out():
     planned = trainer.planned_steps(trainer.search.population)
     assert abs(planned - result.steps) <= 1                       # the horizon is the real run length
     assert trainer.search.schedule.get_last_lr()[0] < 0.01 * cfg.optimizer.lr
+
+
+class FlakyBackend(CallableBackend):
+    """The signal model behind a connection that fails: each call is sent again, booked as
+    a retry, with probability ``flakiness`` (as the http plugin does after a 5xx)."""
+
+    def __init__(self, flakiness: float, seed: int):
+        super().__init__(signal_model, input_shape=(1024,), num_classes=32, value_range=(-10.0, 10.0), max_batch=40)
+        self.flakiness, self.rng = flakiness, np.random.default_rng(seed)
+        self.sent = 0                                        # examples that left, retries included
+
+    def query(self, x, on_send=None, key=None):
+        def send(n, retry=False):
+            on_send(n, retry=retry)
+            self.sent += n
+        parts = []
+        for i in range(0, len(x), self.max_batch):
+            chunk = x[i:i + self.max_batch]
+            send(len(chunk))
+            while self.rng.random() < self.flakiness:
+                send(len(chunk), retry=True)
+            parts.append(self._predict(chunk))
+        return Prediction.concat(parts)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.integers(300, 3000), flakiness=st.sampled_from([0.0, 0.1, 0.5, 0.9]), seed=st.integers(0, 99),
+       batch=st.integers(1, 40), method=st.sampled_from(["blackbox", "evolution"]))
+def test_retries_count_against_the_budget_and_never_exceed_it(budget, flakiness, seed, batch, method):
+    """Retried examples may be billed: they are spent like any query, a retry that would go
+    over the budget is refused before it is sent, and training then ends with what it has."""
+    cfg = config(budget=budget, **{"train.batch_size": batch, "train.method": method, "evolution.popsize": 4})
+    flaky = FlakyBackend(flakiness, seed)
+    try:
+        trainer = build(cfg, backend=flaky).trainer
+    except BudgetTooSmall:
+        assert flaky.sent == 0
+        return
+    try:
+        result = trainer.fit()
+    except BudgetExceeded:            # retries took the budget before the first step: nothing over it
+        assert trainer.ledger.spent <= budget
+        return
+    ledger = result.ledger
+    assert ledger["budgeted"] <= budget
+    assert flaky.sent == ledger["total"]["queries"] + ledger["total"]["retried"]  # every attempt booked
+    if flakiness == 0:
+        assert ledger["total"]["retried"] == 0 and result.stopped in ("budget", "max_steps")

@@ -3,8 +3,10 @@
 Checked with ``onnx`` first: the file must parse as a model and pass the checker, and every
 external-data location must be a plain relative path inside the model's folder — absolute
 paths, ``..``, symlinks and hard links that lead elsewhere are refused (CVE-2022-25882,
-CVE-2024-27318 and the 2026 link bypasses). Custom-op libraries are never loaded: the session
-options register none, whatever the model or config names.
+CVE-2024-27318 and the 2026 link bypasses). Every operator must come from a standard ONNX
+domain (or be a function the model itself defines), so a model asking for a custom op is refused
+here in one sentence. Custom-op libraries are never loaded: the session options register none,
+whatever the model or config names.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 class UnsafeModel(ValueError):
     """A model file was refused; the message is one sentence."""
+
+
+#: operator domains onnx itself defines (and its checker can vouch for); "" is ai.onnx
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training"})
 
 
 def _graph_tensors(graph):
@@ -36,6 +42,29 @@ def _graph_tensors(graph):
                 yield from _graph_tensors(attribute.g)
             for subgraph in attribute.graphs:
                 yield from _graph_tensors(subgraph)
+
+
+def _nodes(graph):
+    """Every node of a graph or function, those of its subgraphs (If, Loop, Scan bodies) included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def check_operators(model, name: str) -> None:
+    """Refuse an operator outside the standard ONNX domains that is not one of the model's own
+    functions: only a custom-op library could run it, and none is ever loaded."""
+    local = {(function.domain, function.name) for function in model.functions}
+    for graph in (model.graph, *model.functions):
+        for node in _nodes(graph):
+            if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+                raise UnsafeModel(f"expected operators from the standard ONNX domains, got {name}, which uses "
+                                  f"{node.op_type!r} from the custom domain {node.domain!r} (custom-op "
+                                  f"libraries are never loaded)")
 
 
 def _external_locations(model) -> list[str]:
@@ -82,6 +111,7 @@ def check_model_file(path: str | Path):
         raise UnsafeModel(f"expected an ONNX model file, got {path.name}, which holds no graph")
     for location in _external_locations(model):
         check_location(path.parent, location)
+    check_operators(model, path.name)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
