@@ -84,9 +84,14 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
             raise ValueError(f"Expected {label} strictly between 0 and 1, but got {fraction}.")
     rng = np.random.default_rng(seed)
     train, test = load(name_or_path)
+    official = test is not None
     if test is None:
         train, test = _stratified_split(train, test_fraction, rng)
     train, validation = _stratified_split(train, validation_fraction, rng)
+    if not (len(train) and len(validation) and len(test)):   # a class needs 2 examples to be split
+        raise DataError(f"Expected train, validation and test splits of at least one example each from "
+                        f"{train.name!r}, but got {len(train)}, {len(validation)} and {len(test)}; give some "
+                        f"class at least {2 if official else 3} examples.")
     return Splits(train, validation, test)
 
 
@@ -285,7 +290,9 @@ def _read_npz(path: Path) -> RawPair:
 
 
 def _npz_part(x: np.ndarray, y: np.ndarray, path: Path) -> Raw:
-    if x.ndim not in (2, 4) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    # real numbers only: a complex x would lose its imaginary part in the float32 cast
+    real = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool
+    if x.ndim not in (2, 4) or not real:
         raise DataError(f"Expected numeric x of shape (N, L) or (N, C, H, W) in {path.name}, "
                         f"but found {x.dtype} of shape {x.shape}.")
     if y.ndim != 1 or len(y) != len(x):

@@ -146,11 +146,23 @@ class AnswerStore:
                 kind, classes = str(stored["kind"]), int(stored["num_classes"])
                 scores = stored["scores"] if "scores" in stored.files else None
                 labels = stored["labels"] if "labels" in stored.files else None
-        except (OSError, ValueError, KeyError) as error:
-            raise JournalError(f"expected a stored answer in {path}, got an unreadable file ({error})") from None
+        except Exception as error:   # OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError (an .npy), ...
+            raise JournalError(f"expected a stored answer in {path}, got an unreadable file "
+                               f"({type(error).__name__}: {error})") from None
         if kind not in OUTPUT_KINDS:
             raise JournalError(f"expected an output kind in {path}, got {kind!r}")
+        needs = {"logits": (True, False), "probs": (True, False), "topk": (True, True), "label": (False, True)}[kind]
+        if (needs != (scores is not None, labels is not None)
+                or any(a is not None and a.ndim != 2 for a in (scores, labels))
+                or (scores is not None and labels is not None and scores.shape != labels.shape)):
+            raise JournalError(f"expected the arrays of a {kind} answer in {path}, got "
+                               f"{'scores ' + str(scores.shape) if scores is not None else 'no scores'} and "
+                               f"{'labels ' + str(labels.shape) if labels is not None else 'no labels'}")
         return Prediction(kind, classes, scores=scores, labels=labels)
+
+    def digest(self, key: str) -> str:
+        """The digest of a stored answer's bytes, as ``put`` returned it."""
+        return hashlib.sha256(self._path(key).read_bytes()).hexdigest()
 
     def put(self, key: str, answer: Prediction) -> str:
         """Store an answer; returns the digest of the bytes stored (for the result record)."""
@@ -179,6 +191,7 @@ class Recorder:
         workers = int(getattr(backend, "concurrency", 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bbreprog-journal") if workers > 1 else None
         self.from_store = 0                                    # examples answered without a call
+        self._unanswered = {r["key"] for r in journal.lost}    # intents an earlier process left open
 
     def query(self, x: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
         size = self.backend.max_batch
@@ -186,11 +199,19 @@ class Recorder:
         keys = [query_key(self.backend.model_id, chunk) for chunk in chunks]
         # an answer stored before its result record was written (killed in between) was paid: use it
         answers: list[Prediction | None] = [self.store.get(key) for key in keys]
-        for chunk, answer in zip(chunks, answers):
+        for key, chunk, answer in zip(keys, chunks, answers):
             if answer is not None:
+                if key in self._unanswered and key not in self.journal.results:
+                    # its intent is in the journal, its answer in the store: the process died
+                    # between the two writes; close the intent so the journal stays whole
+                    self.journal.result(key, self.store.digest(key))
                 on_send(len(chunk), stored=True)
                 self.from_store += len(chunk)
-        missing = [i for i, answer in enumerate(answers) if answer is None]
+        first_of = {}                                      # identical calls in one batch are bought once
+        for i, answer in enumerate(answers):
+            if answer is None:
+                first_of.setdefault(keys[i], i)
+        missing = sorted(first_of.values())
 
         def buy(i: int) -> Prediction:
             self.journal.intent(keys[i], purpose, len(chunks[i]))
@@ -209,6 +230,11 @@ class Recorder:
             bought = [f.result() for f in futures]
         for i, answer in zip(missing, bought):
             answers[i] = answer
+        for i, key in enumerate(keys):                     # the repeats: answered by the first
+            if answers[i] is None:
+                answers[i] = answers[first_of[key]]
+                on_send(len(chunks[i]), stored=True)
+                self.from_store += len(chunks[i])
         return Prediction.concat(answers)
 
     def close(self) -> None:

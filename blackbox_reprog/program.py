@@ -66,9 +66,15 @@ class Program:
         return self.predict((test if test is not None else train).x)
 
     def _check_targets(self, x: np.ndarray) -> None:
+        """The whole input, before the first chunk is bought."""
         if tuple(x.shape[1:]) != self.transform.target_shape:
             raise ValueError(f"expected target examples of shape {self.transform.target_shape}, "
                              f"got {tuple(x.shape[1:])}")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"expected real-valued target examples, got dtype {x.dtype}")
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+            raise ValueError(f"expected finite target examples, got NaN or infinity in example {bad}")
 
 
 def load_program(run_dir: str | Path) -> Program:

@@ -112,6 +112,8 @@ class _ImageProgram(Transform):
             raise ValueError(f"the {self.kind} program expects images (C, H, W), got target "
                              f"{self.target_shape} and model input {self.source_shape}")
         self.channels, self.height, self.width = self.source_shape
+        if self.target_shape[0] not in (1, self.channels):     # refused now, not at the first query
+            raise ValueError(f"expected targets with 1 or {self.channels} channels, got {self.target_shape[0]}")
         self.grid = int(grid)
         side = (self.grid, self.grid) if self.grid else (self.height, self.width)
         self.param_shape = (self.channels, *side)

@@ -19,3 +19,21 @@ def signal_model(x: np.ndarray) -> np.ndarray:
 
 def reset_calls() -> None:
     CALLS.update(count=0, examples=0)
+
+
+def signal_module():
+    """``signal_model`` as a torch module, for the torch plugin (gradients); counts in CALLS too."""
+    import torch
+
+    class SignalModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.from_numpy(SIGNAL_WEIGHTS.copy()))   # (L, C)
+
+        def forward(self, x):                                                          # (B, L) -> (B, C)
+            CALLS["count"] += 1
+            CALLS["examples"] += len(x)
+            z = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True, unbiased=False) + 1e-8)
+            return z @ self.weight
+
+    return SignalModule()

@@ -180,9 +180,9 @@ class V2(Protocol):
                 flat[i] = value
             return flat.reshape(shape)
         if datatype not in V2_NUMERIC:
-            raise ResponseError(f"expected a numeric V2 datatype for output {name!r}, got {datatype or 'none'}")
+            raise ResponseError(f"expected a numeric V2 datatype for output {name!r}, got {_sample(entry.get('datatype'))}")
         array = _numbers(data, f"output {name!r}")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
             raise ResponseError(f"expected a shape list for output {name!r}, got {_sample(shape)}")
         if array.size != math.prod(shape):
             raise ResponseError(f"expected {math.prod(shape)} values for output {name!r} of shape {shape}, "

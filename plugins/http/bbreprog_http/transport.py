@@ -207,7 +207,8 @@ class Transport:
         return self._scrub(f"{kind} ({type(error).__name__})")
 
     def _excerpt(self, response: requests.Response) -> str:
-        return self._scrub(response.text)[:200].replace("\n", " ").strip() or "(empty body)"
+        text = " ".join(self._scrub(response.text)[:200].split())   # one line: no \n or \r from a server
+        return text or "(empty body)"
 
     def _scrub_bytes(self, content: bytes) -> bytes:
         return self.key.scrub_bytes(content) if self.key is not None else content
