@@ -103,7 +103,7 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
     except BackendUnavailable as error:      # the model stopped answering: come back later
         if bar is not None:
             bar.close()
-        _fail(f"the model is unavailable: {error}; what was paid for is in {job.run_dir / 'checkpoint.pt'}",
+        _fail(f"the model is unavailable: {error}; continue later with `bbreprog resume {job.run_dir}`",
               code=3)
     except Exception as error:               # failed while running: say so in one sentence
         if bar is not None:

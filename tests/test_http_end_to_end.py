@@ -129,3 +129,22 @@ def test_a_canary_key_appears_in_no_output_and_no_file(tmp_path, crepe):
     assert any(p.name == "result.json" for p in files) and any(p.name == "billing.json" for p in files)
     assert [text for text in outputs if CANARY in text] == []
     assert [p for p in files if CANARY.encode() in p.read_bytes()] == []
+
+
+def test_an_endpoint_that_keeps_failing_ends_the_run_with_exit_code_3(tmp_path, crepe):
+    from click.testing import CliRunner
+
+    from blackbox_reprog.cli import main
+    with ModelServer(crepe, name="crepe-tiny", fault_rate=1.0, faults=("500",)) as server:
+        options = remote(server.url, crepe, retries=1)["options"]
+        config = tmp_path / "down.toml"
+        config.write_text(f'budget = 3000\nname = "down"\n[backend]\nname = "http"\nmodel = "{server.url}"\n'
+                          '[backend.options]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items()) +
+                          '[data]\nname = "ItalyPowerDemand"\n[transform]\nkind = "signal"\ngrid = 16\n'
+                          '[label_map]\nkind = "frequency"\nper_class = 4\n[train]\nbatch_size = 16\n')
+        result = CliRunner().invoke(main, ["train", str(config), "--out", str(tmp_path / "runs"), "--quiet"])
+        billing = server.billing()
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error: the model is unavailable: expected an answer from ")
+    assert f"bbreprog resume {tmp_path / 'runs' / 'down'}" in result.stderr and result.stderr.count("\n") == 1
+    assert billing["requests"] == 2                     # the probe and its one retry, then nothing more

@@ -42,8 +42,8 @@ def origin(url: str) -> tuple[str, str, int]:
 
 def shown(url: str) -> str:
     """A URL fit for a message: without any user:password part."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    parts = urlsplit(url)          # no user:password, no query string (either may carry a secret)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
 
 
 class RateLimit:
@@ -134,8 +134,11 @@ class Transport:
             except requests.exceptions.SSLError:
                 raise EndpointError(f"expected a TLS certificate for {shown(url)} that verifies, got one that "
                                     "does not (name a private CA with backend.options.ca_bundle)") from None
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError) as error:   # a body cut mid-way is a lost connection
                 failure = self._describe(error)
+            except requests.RequestException as error:
+                raise EndpointError(f"expected an answer from {shown(url)}, got {type(error).__name__}") from None
             else:
                 if response.status_code == 200:
                     self.breaker.record(None)
@@ -146,9 +149,9 @@ class Transport:
                     raise EndpointError(f"expected HTTP 200 from {shown(url)}, got {failure}: "
                                         f"{self._excerpt(response)}")
             self.breaker.record(failure)
-            if retry == self.retries:
-                raise EndpointError(f"expected an answer from {shown(url)}, got {failure} on all "
-                                    f"{self.retries + 1} attempts")
+            if retry == self.retries:          # the endpoint is down, not the request wrong: exit code 3
+                raise EndpointUnavailable(f"expected an answer from {shown(url)}, got {failure} on all "
+                                          f"{self.retries + 1} attempts")
             with self._lock:
                 delay = retry_delay(None if response is None else response.headers, retry,
                                     cap=self.retry_after_cap, rng=self._rng)
@@ -197,10 +200,11 @@ class Transport:
                 raise EndpointError(self._scrub(f"expected answers from {shown(url)}, got a redirect to {where}: not "
                                     "followed, a key is never sent to another origin or with URL credentials"))
             if response.status_code not in METHOD_KEEPING_REDIRECTS and method != "GET":
-                raise EndpointError(f"expected a {method} redirect that keeps its method (307 or 308), got "
-                                    f"{response.status_code} to {shown(target)}")
+                raise EndpointError(self._scrub(f"expected a {method} redirect that keeps its method (307 or 308), "
+                                                f"got {response.status_code} to {shown(target)}"))
             url = target
-        raise EndpointError(f"expected an answer from {shown(url)}, got more than {self.max_redirects} redirects")
+        raise EndpointError(self._scrub(f"expected an answer from {shown(url)}, got more than "
+                                        f"{self.max_redirects} redirects"))
 
     def _describe(self, error: Exception) -> str:
         kind = "timeout" if isinstance(error, requests.Timeout) else "connection error"
