@@ -216,7 +216,7 @@ class Run:
             return None
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            saved["step"], saved["theta"]
+            saved["step"], saved["theta"]          # a checkpoint without them is damaged too
         except Exception as error:
             raise JournalError(f"expected a readable checkpoint.pt in {self.run_dir}, got one that fails to "
                                f"load ({type(error).__name__})") from None
