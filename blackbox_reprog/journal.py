@@ -190,7 +190,6 @@ class Recorder:
         self.backend, self.journal, self.store = backend, journal, store
         workers = int(getattr(backend, "concurrency", 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bbreprog-journal") if workers > 1 else None
-        self.from_store = 0                                    # examples answered without a call
         self._unanswered = {r["key"] for r in journal.lost}    # intents an earlier process left open
 
     def query(self, x: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
@@ -206,7 +205,6 @@ class Recorder:
                     # between the two writes; close the intent so the journal stays whole
                     self.journal.result(key, self.store.digest(key))
                 on_send(len(chunk), stored=True)
-                self.from_store += len(chunk)
         first_of = {}                                      # identical calls in one batch are bought once
         for i, answer in enumerate(answers):
             if answer is None:
@@ -234,7 +232,6 @@ class Recorder:
             if answers[i] is None:
                 answers[i] = answers[first_of[key]]
                 on_send(len(chunks[i]), stored=True)
-                self.from_store += len(chunks[i])
         return Prediction.concat(answers)
 
     def close(self) -> None:

@@ -60,11 +60,6 @@ class Ledger:
         return sum(t.attempts for p, t in self.tallies.items() if p not in UNBUDGETED)
 
     @property
-    def attempts(self) -> int:
-        """Every example that left the machine, every purpose, retries included."""
-        return sum(t.attempts for t in self.tallies.values())
-
-    @property
     def remaining(self) -> int | float:
         return float("inf") if self.budget is None else self.budget - self.spent
 

@@ -11,15 +11,9 @@ from blackbox_reprog.config import load_config
 from blackbox_reprog.ledger import Ledger
 from blackbox_reprog.runner import run
 from blackbox_reprog.testing import check_backend
-from tests.mlserver_support import MODEL_NAME, MODEL_VERSION, VERSIONED_MODEL_NAME, run_mlserver
+from tests.mlserver_support import MODEL_NAME, MODEL_VERSION, VERSIONED_MODEL_NAME
 
 DIGITS = {"protocol": "v2", "input_shape": [64], "num_classes": 10, "value_range": [0.0, 16.0]}
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory):
-    with run_mlserver(tmp_path_factory.mktemp("mlserver")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.mlserver_support import MODEL_NAME, MODEL_VERSION, VERSIONED_MODEL_NAME, run_mlserver
+from tests.mlserver_support import MODEL_NAME, MODEL_VERSION, VERSIONED_MODEL_NAME
 
 TIMEOUT = 10
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory):
-    with run_mlserver(tmp_path_factory.mktemp("mlserver")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -58,9 +58,7 @@ def protocols(data: bytes) -> None:
         body = _json(data[2:])
         prediction = protocol.decode(body, batch, contract)
     except ResponseError as error:
-        message = str(error)
-        if "\n" in message or not message.startswith("expected"):
-            raise AssertionError(f"not one sentence: {message!r}") from None
+        one_sentence(error)
         return
     keeps_contract(prediction, contract, batch)
 
@@ -116,11 +114,15 @@ def structured(data: bytes) -> None:
         try:
             prediction = protocol.decode(candidate, batch, contract)
         except ResponseError as error:
-            message = str(error)
-            if "\n" in message or not message.startswith("expected"):
-                raise AssertionError(f"not one sentence: {message!r}") from None
+            one_sentence(error)
             continue
         keeps_contract(prediction, contract, batch)
+
+
+def one_sentence(error: Exception) -> None:
+    message = str(error)
+    if "\n" in message or not message.startswith("expected"):
+        raise AssertionError(f"not one sentence: {message!r}") from None
 
 
 def keeps_contract(p, contract: Contract, batch: int) -> None:
