@@ -4,13 +4,13 @@ Learn an input program and a label map against a frozen model reachable only thr
 queries (a local ONNX file, a remote prediction API, any Python callable), with zeroth-order
 gradient estimates, counting every query against a budget.
 """
-from .backend import Backend, CallableBackend, InputError, InputSpec, Prediction
+from .backend import Backend, BackendUnavailable, CallableBackend, InputError, InputSpec, Prediction
 from .config import RunConfig, load_config
 from .ledger import BudgetExceeded, Ledger
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "CallableBackend", "InputError", "InputSpec", "Prediction", "RunConfig",
+__all__ = ["Backend", "BackendUnavailable", "CallableBackend", "InputError", "InputSpec", "Prediction", "RunConfig",
            "load_config", "Ledger", "BudgetExceeded", "train"]
 
 

@@ -111,6 +111,8 @@ class Backend:
     model_id: str = ""
     #: answers cost money and may fail in flight: runs journal them by default (train.journal = "auto")
     remote: bool = False
+    #: the endpoint bills a call resent under the same ``key`` once (so a resume need not book it again)
+    honours_idempotency: bool = False
 
     def _predict(self, x: np.ndarray) -> Prediction:          # (b, *shape) -> Prediction
         raise NotImplementedError

@@ -44,6 +44,7 @@ class DegradedBackend(Backend):
         self.remote = inner.remote
         self.probe_examples = int(getattr(inner, "probe_examples", 0))
         self.concurrency = int(getattr(inner, "concurrency", 1))
+        self.honours_idempotency = bool(getattr(inner, "honours_idempotency", False))
         self.name = f"{inner.name}+{kind}"
         # a different answer for the same input: the cache must not mix the two
         self.model_id = f"{inner.model_id}:{'topk' + str(self.k) if kind == 'topk' else kind}"
@@ -51,9 +52,6 @@ class DegradedBackend(Backend):
     def query(self, x: np.ndarray, on_send=None, key: str | None = None) -> Prediction:
         """The inner backend books its own calls (and retries) through ``on_send``."""
         return self._degrade(self.inner.query(x, on_send=on_send, key=key))
-
-    def _predict(self, x: np.ndarray) -> Prediction:               # (b, *shape) -> Prediction
-        return self._degrade(self.inner.query(x))
 
     def _degrade(self, full: Prediction) -> Prediction:
         if full.kind == "topk":                                    # topk → label: keep the best

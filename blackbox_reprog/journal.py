@@ -1,22 +1,30 @@
 """No paid answer lost: a write-ahead journal and a content-addressed answer store.
 
 Before a call leaves, its *intent* (key, purpose, examples) is appended to ``journal.jsonl``
-and fsynced; when the answer arrives it is written to the answer store (atomically) and a
-*result* record (key, digest of the stored answer) follows. The key is a digest of the
-model's identity and the exact input bytes, so it names the logical query:
+and fsynced; each resend after a failure is a *retry* record, written before it leaves too.
+When the answer arrives it is written to the answer store (atomically) and a *result* record
+(key, digest of the stored answer) follows; a call that ends in an error gets a *failed*
+record instead. The key is a digest of the model's identity and the exact input bytes, so it
+names the logical query:
 
 - a resumed run, replaying from the start with the same seed, computes the same inputs and
-  reads their answers back from the store instead of buying them again;
-- a call that was in flight when the process died (an intent with no result) is sent again
-  under the same key, which an API honouring idempotency keys recognises and does not bill
-  twice; where it is not honoured, it is reported as possibly paid twice.
+  reads their answers back from the store (checked against their digests) instead of buying
+  them again; a replay that asks for a query the run never made while answers it bought are
+  still unread has drifted (code, data or model changed) and is refused;
+- every attempt an earlier process made beyond the one answer the replay reads back (its
+  retries; calls in flight when it died, unless the API honours idempotency keys) was
+  possibly billed, so it is booked against the budget before the replay starts;
+- a call that was in flight when the process died is sent again under the same key, which
+  an API honouring idempotency keys recognises and does not bill twice.
 
 A torn last line (the process died mid-write) is ignored and cut off before appending; a
-damaged line anywhere else is an error naming its line. Answers are stored as ``.npz`` read
-with ``allow_pickle=False``: nothing in a run folder can run code.
+damaged line anywhere else is an error naming its line. One process writes a journal at a
+time (an exclusive lock). Answers are stored as ``.npz`` read with ``allow_pickle=False``:
+nothing in a run folder can run code.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -35,6 +43,7 @@ from .files import atomic_write
 JOURNAL = "journal.jsonl"
 ANSWERS = "answers"
 _KEY = re.compile(r"[0-9a-f]{64}")
+ATTEMPTS = ("intent", "retry")          # records of examples sent, each possibly billed
 
 
 class JournalError(ValueError):
@@ -67,54 +76,98 @@ def _record(line: bytes, number: int, path: Path) -> dict:
         record = json.loads(line)
     except (ValueError, RecursionError):
         record = None
-    ok = (isinstance(record, dict) and record.get("kind") in ("intent", "result")
-          and isinstance(record.get("key"), str) and _KEY.fullmatch(record["key"]) is not None
-          and (record["kind"] != "intent" or (isinstance(record.get("n"), int) and not isinstance(record["n"], bool)
-                                              and record["n"] > 0 and isinstance(record.get("purpose"), str)))
-          and (record["kind"] != "result" or (isinstance(record.get("digest"), str)
-                                              and _KEY.fullmatch(record["digest"]) is not None)))
-    if not ok:
+    if not _well_formed(record):
         shown = line[:60].decode("utf-8", "replace")
-        raise JournalError(f"expected an intent or result record on line {number} of {path}, got {shown!r}")
+        raise JournalError(f"expected an intent, retry, result or failed record on line {number} of {path}, "
+                           f"got {shown!r}")
     return record
 
 
+def _well_formed(record: object) -> bool:
+    if not (isinstance(record, dict) and isinstance(record.get("key"), str) and _KEY.fullmatch(record["key"])):
+        return False
+    kind = record.get("kind")
+    if kind in ATTEMPTS:
+        n = record.get("n")
+        return isinstance(n, int) and not isinstance(n, bool) and n > 0 and isinstance(record.get("purpose"), str)
+    if kind == "result":
+        return isinstance(record.get("digest"), str) and _KEY.fullmatch(record["digest"]) is not None
+    return kind == "failed" and isinstance(record.get("error"), str)
+
+
 class Journal:
-    """Append-only, one JSON record a line, each write fsynced before the call it announces."""
+    """Append-only, one JSON record a line, each write fsynced before the call it announces;
+    held under an exclusive lock so that two processes never write one run's journal."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        records, complete = read_journal(self.path)
         existed = self.path.exists()
-        self.results = {r["key"]: r["digest"] for r in records if r["kind"] == "result"}
-        intents = [r for r in records if r["kind"] == "intent"]
-        #: calls sent by an earlier process whose answer never came back (killed in flight)
-        self.lost = [r for r in intents if r["key"] not in self.results]
-        self.records = len(records)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            records, complete = read_journal(self.path)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise JournalError(f"expected no other process writing {self.path}, got it locked: is another "
+                               "`bbreprog` still running on this run folder?") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
         os.ftruncate(self._fd, complete)                   # cut a torn tail before appending
         os.lseek(self._fd, 0, os.SEEK_END)
         if not existed:                                    # the new name must survive a crash too
             _fsync_folder(self.path.parent)
+        #: what earlier processes of this run did: answers bought (key -> digest), examples sent
+        self.results = {r["key"]: r["digest"] for r in records if r["kind"] == "result"}
+        self.earlier_attempts = [r for r in records if r["kind"] in ATTEMPTS]
+        #: calls sent by an earlier process whose answer never came back (killed in flight)
+        self.lost = [r for r in records if r["kind"] == "intent" and r["key"] not in self.results]
+        self.records = len(records)
         self._lock = threading.Lock()
+
+    def unbooked_spending(self, idempotent: bool) -> dict[str, dict[str, int]]:
+        """Per purpose, the calls and examples earlier processes sent that a replay will not
+        book again: the replay books one first attempt per answered key (read back) and buys
+        the unanswered ones anew, so the rest are retries and calls whose answer was lost —
+        billed unless the API honours idempotency keys (then a resend of a key is free)."""
+        spending: dict[str, dict[str, int]] = {}
+        read_back = set()
+        for record in self.earlier_attempts:
+            key = record["key"]
+            if record["kind"] == "intent" and key in self.results and key not in read_back:
+                read_back.add(key)                         # the one the replay books as it reads it back
+                continue
+            if record["kind"] == "intent" and idempotent:
+                continue                                   # the same key again: not billed again
+            booked = spending.setdefault(record["purpose"], {"calls": 0, "queries": 0})
+            booked["calls"] += 1
+            booked["queries"] += record["n"]
+        return spending
 
     def intent(self, key: str, purpose: str, examples: int) -> None:
         self._append({"kind": "intent", "key": key, "purpose": purpose, "n": int(examples)})
+
+    def retry(self, key: str, purpose: str, examples: int) -> None:
+        self._append({"kind": "retry", "key": key, "purpose": purpose, "n": int(examples)})
 
     def result(self, key: str, digest: str) -> None:
         self._append({"kind": "result", "key": key, "digest": digest})
         self.results[key] = digest
 
+    def failed(self, key: str, error: BaseException) -> None:
+        self._append({"kind": "failed", "key": key, "error": type(error).__name__})
+
     def _append(self, record: dict) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = memoryview((json.dumps(record, separators=(",", ":")) + "\n").encode())
         with self._lock:
-            os.write(self._fd, line)
+            while line:                                    # a write may take only part of it
+                line = line[os.write(self._fd, line):]
             os.fsync(self._fd)
             self.records += 1
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            os.close(self._fd)                             # releases the lock
             self._fd = -1
 
 
@@ -137,12 +190,21 @@ class AnswerStore:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npz"
 
-    def get(self, key: str) -> Prediction | None:
+    def get(self, key: str, digest: str | None = None) -> Prediction | None:
+        """The stored answer, or None; with ``digest`` (from the journal's result record) the
+        file's bytes must be the bytes that were stored."""
         path = self._path(key)
-        if not path.exists():
-            return None
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            payload = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise JournalError(f"expected a readable stored answer in {path}, got {type(error).__name__}") from None
+        if digest is not None and hashlib.sha256(payload).hexdigest() != digest:
+            raise JournalError(f"expected the stored answer {path} to match its digest in the journal, got "
+                               "different bytes: the file was changed or damaged since it was bought")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
                 kind, classes = str(stored["kind"]), int(stored["num_classes"])
                 scores = stored["scores"] if "scores" in stored.files else None
                 labels = stored["labels"] if "labels" in stored.files else None
@@ -191,13 +253,18 @@ class Recorder:
         workers = int(getattr(backend, "concurrency", 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bbreprog-journal") if workers > 1 else None
         self._unanswered = {r["key"] for r in journal.lost}    # intents an earlier process left open
+        self._sent_before = {r["key"] for r in journal.earlier_attempts}
+        self._unread = set(journal.results)                   # answers earlier processes bought, not yet replayed
+        #: what earlier processes sent that the replay will not book again (see Journal.unbooked_spending)
+        self.idempotent = bool(getattr(backend, "honours_idempotency", False))
+        self.earlier_spending = journal.unbooked_spending(self.idempotent)
 
     def query(self, x: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
         size = self.backend.max_batch
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
         keys = [query_key(self.backend.model_id, chunk) for chunk in chunks]
         # an answer stored before its result record was written (killed in between) was paid: use it
-        answers: list[Prediction | None] = [self.store.get(key) for key in keys]
+        answers: list[Prediction | None] = [self._read_back(key, len(chunk)) for key, chunk in zip(keys, chunks)]
         for key, chunk, answer in zip(keys, chunks, answers):
             if answer is not None:
                 if key in self._unanswered and key not in self.journal.results:
@@ -210,17 +277,12 @@ class Recorder:
             if answer is None:
                 first_of.setdefault(keys[i], i)
         missing = sorted(first_of.values())
-
-        def buy(i: int) -> Prediction:
-            self.journal.intent(keys[i], purpose, len(chunks[i]))
-            answer = self.backend.query(chunks[i], on_send=on_send, key=keys[i])
-            self.journal.result(keys[i], self.store.put(keys[i], answer))
-            return answer
+        self._refuse_drift([keys[i] for i in missing], keys)
 
         if self._pool is None or len(missing) < 2:
-            bought = [buy(i) for i in missing]
+            bought = [self._buy(keys[i], chunks[i], purpose, on_send) for i in missing]
         else:
-            futures = [self._pool.submit(buy, i) for i in missing]
+            futures = [self._pool.submit(self._buy, keys[i], chunks[i], purpose, on_send) for i in missing]
             errors = [f.exception() for f in futures]      # every call finishes (and is booked) first
             first = next((e for e in errors if e is not None), None)
             if first is not None:
@@ -233,6 +295,65 @@ class Recorder:
                 answers[i] = answers[first_of[key]]
                 on_send(len(chunks[i]), stored=True)
         return Prediction.concat(answers)
+
+    def _read_back(self, key: str, examples: int) -> Prediction | None:
+        """A stored answer, checked like a fresh one: its bytes against the journal's digest,
+        its shape, classes and values against the backend."""
+        answer = self.store.get(key, self.journal.results.get(key))
+        if answer is None:
+            return None
+        try:
+            return self.backend._checked(answer, examples)
+        except RuntimeError as error:
+            raise JournalError(f"expected the stored answer for {key[:12]}… to fit the backend, got: {error}") from None
+
+    def _refuse_drift(self, missing: list[str], keys: list[str]) -> None:
+        """A replay asks again, in order, for what the interrupted run asked; a query it never
+        made, while answers it bought are still unread, means the replay went another way."""
+        self._unread.difference_update(keys)
+        new = [key for key in missing if key not in self._sent_before]
+        if new and self._unread:
+            raise JournalError(
+                f"expected the resumed run to ask for the queries the interrupted run made, got a new one while "
+                f"{len(self._unread)} of the answers it bought are unread: the code, the data or the model changed "
+                "since the run began (nothing more was bought)")
+
+    def _buy(self, key: str, chunk: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
+        self.journal.intent(key, purpose, len(chunk))
+
+        def booked(queries: int, retry: bool = False, stored: bool = False) -> None:
+            on_send(queries, retry=retry, stored=stored)   # admitted first: a refused retry is not sent
+            if retry:
+                self.journal.retry(key, purpose, queries)
+
+        try:
+            answer = self.backend.query(chunk, on_send=booked, key=key)
+        except BaseException as error:
+            self.journal.failed(key, error)
+            raise
+        self.journal.result(key, self.store.put(key, answer))
+        return answer
+
+    def summary(self, ledger: dict) -> dict:
+        """For result.json: what the journal saw across every process of this run."""
+        from collections import Counter
+        records, _ = read_journal(self.journal.path)
+        intents = [r for r in records if r["kind"] == "intent"]
+        sent = Counter(r["key"] for r in intents)
+        resent = [r for r in intents if sent[r["key"]] > 1]
+        earlier = self.earlier_spending.values()
+        return {
+            "file": JOURNAL, "records": len(records), "answers_from_store": ledger["total"]["stored"],
+            # calls a process died with in flight, sent again under the same key by a later one
+            "resent_after_interruption": {
+                "calls": len(resent) - len({r["key"] for r in resent}),
+                "queries": sum(r["n"] for r in resent) - sum({r["key"]: r["n"] for r in resent}.values())},
+            "failed_calls": sum(r["kind"] == "failed" for r in records),
+            # what earlier processes sent beyond the answers read back, booked as retried
+            "earlier_attempts_booked": {"calls": sum(b["calls"] for b in earlier),
+                                        "queries": sum(b["queries"] for b in earlier),
+                                        "endpoint_honours_idempotency": self.idempotent},
+        }
 
     def close(self) -> None:
         if self._pool is not None:

@@ -44,15 +44,25 @@ class Tally:
 class Ledger:
     """Wraps a backend; every query goes through ``query(x, purpose)``."""
 
-    def __init__(self, backend: Backend, budget: int | None, recorder=None):
+    def __init__(self, backend: Backend, budget: int | None):
         if budget is not None and budget < 0:
             raise ValueError(f"expected a budget of 0 or more queries, got {budget}")
         self.backend = backend
         self.budget = budget
         #: a journal.Recorder: answers already paid for are read back, new calls journaled
-        self.recorder = recorder
+        self.recorder = None
         self.tallies = {purpose: Tally() for purpose in PURPOSES}
         self._lock = threading.Lock()          # a remote backend books from several threads
+
+    def record_with(self, recorder) -> None:
+        """Journal every call through ``recorder``, and book now what earlier processes of
+        this run sent that its replay will not book again (retries, answers lost in flight):
+        already spent, so booked without asking the budget."""
+        self.recorder = recorder
+        for purpose, spent in recorder.earlier_spending.items():
+            tally = self.tallies[purpose]
+            tally.retried += spent["queries"]
+            tally.calls += spent["calls"]
 
     @property
     def spent(self) -> int:

@@ -160,6 +160,7 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "queries": {purpose: v["queries"] for purpose, v in result.ledger.items()
                     if isinstance(v, dict)},
         "retried_queries": result.ledger["total"]["retried"],   # sent again after a failure; maybe billed
+        "ledger": result.ledger,                                  # per purpose: queries, stored, retried, calls
         "calls": result.ledger["total"]["calls"],
         "budget": config.budget,
         "budgeted_queries": result.ledger["budgeted"],
@@ -231,13 +232,17 @@ class Run:
         store = Path(self.config.train.answer_store).expanduser() if self.config.train.answer_store else self.run_dir / ANSWERS
         return Recorder(backend, Journal(self.run_dir / JOURNAL), AnswerStore(store))
 
-    def execute(self, run_dir: Path | None = None, *, resume: bool = False) -> tuple[Path, dict]:
+    def execute(self, run_dir: Path | None = None, *, resume: bool = False, plot: bool = True) -> tuple[Path, dict]:
         """Train and write the run folder. ``resume``: ``run_dir`` holds an interrupted run of
         this config; it is replayed from the start with the same seed, every answer already
         paid for read back from the answer store, and continues where it stopped."""
         components = self.components
         self.run_dir = run_dir or new_run_dir(self.config)
         if not resume:
+            store = self.config.train.answer_store
+            if store:                             # a resume from another folder must find the same store
+                self.config = dataclasses.replace(self.config, train=dataclasses.replace(
+                    self.config.train, answer_store=str(Path(store).expanduser().resolve())))
             atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
         try:                                      # refused here: nothing was sent
             self._replaying = self._saved_checkpoint() if resume else None   # before the journal is opened
@@ -245,7 +250,8 @@ class Run:
         except BaseException:
             components.backend.close()
             raise
-        components.trainer.ledger.recorder = recorder
+        if recorder is not None:
+            components.trainer.ledger.record_with(recorder)
         try:
             with open(self.run_dir / "metrics.jsonl", "w") as self._metrics:
                 result = components.trainer.fit()
@@ -258,12 +264,13 @@ class Run:
             "classes": list(components.splits.train.classes)})
         summary = result_dict(self.config, components, result)
         if recorder is not None:
-            summary["journal"] = journal_summary(self.run_dir, result.ledger)
+            summary["journal"] = recorder.summary(result.ledger)
         if self.config.train.compare_with:
             summary["comparison"] = self._compare(result.steps)
         atomic_write(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
-        from .plot import plot_run
-        plot_run(self.run_dir, summary, result.history)
+        if plot:
+            from .plot import plot_run
+            plot_run(self.run_dir, summary, result.history)
         return self.run_dir, summary
 
 
@@ -277,27 +284,11 @@ class Run:
         method = self.config.train.compare_with
         other = self._compare_config(steps)
         folder = self.run_dir / f"compare-{method}"
-        folder.mkdir()
-        _, summary = Run(other).execute(folder)   # quiet: its counts start again at 0
+        begun = (folder / "config.toml").is_file()   # the run was killed during the comparison: resume it
+        folder.mkdir(exist_ok=True)
+        _, summary = Run(other).execute(folder, resume=begun)   # quiet: its counts start again at 0
         keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
         return {"method": method, "run_dir": folder.name, **{k: summary[k] for k in keys}}
-
-
-def journal_summary(run_dir: Path, ledger: dict) -> dict:
-    """What the journal saw: answers read back instead of bought, and calls sent again because
-    an earlier process died with them in flight (billed twice unless the API honoured the
-    idempotency key)."""
-    from collections import Counter
-
-    from .journal import JOURNAL, read_journal
-    records, _ = read_journal(run_dir / JOURNAL)
-    intents = [r for r in records if r["kind"] == "intent"]
-    sent = Counter(r["key"] for r in intents)
-    resent = [r for r in intents if sent[r["key"]] > 1]
-    return {"file": JOURNAL, "records": len(records), "answers_from_store": ledger["total"]["stored"],
-            "resent_after_interruption": {"calls": len(resent) - len({r["key"] for r in resent}),
-                                          "queries": sum(r["n"] for r in resent) - sum(
-                                              {r["key"]: r["n"] for r in resent}.values())}}
 
 
 def search_summary(config: RunConfig, search) -> dict:

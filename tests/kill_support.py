@@ -35,21 +35,24 @@ BBREPROG = str(Path(sys.executable).with_name("bbreprog"))
 NAME = "kill"                       # the run folder's name under --out
 
 
-def signal_server() -> ModelServer:
-    """A metered server of the fast signal model that bills each Idempotency-Key once."""
+def signal_server(idempotent: bool = True) -> ModelServer:
+    """A metered server of the fast signal model; ``idempotent``: it bills each Idempotency-Key
+    once (else every request)."""
     backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32, value_range=(-10.0, 10.0))
-    return ModelServer(backend, name="sig", idempotent=True)
+    return ModelServer(backend, name="sig", idempotent=idempotent)
 
 
-def write_config(path: Path, url: str, *, budget: int = 3400, max_steps: int = 100, seed: int = 0) -> Path:
+def write_config(path: Path, url: str, *, budget: int = 3400, max_steps: int = 100, seed: int = 0,
+                 idempotent: bool = True) -> Path:
     """A run over HTTP against ``url``: ItalyPowerDemand, grid 16, frequency map, random
     estimator (population 5 × batch 16 = 80 queries a step). The budget binds (40 steps),
-    so the replay of a resumed run must count answers read back exactly as the ones bought."""
+    so the replay of a resumed run must count answers read back exactly as the ones bought.
+    ``idempotent``: the config declares that the endpoint bills a resent key once."""
     path.write_text(
         f'budget = {budget}\nseed = {seed}\nname = "{NAME}"\n'
         f'[backend]\nname = "http"\nmodel = "{url}"\n'
         '[backend.options]\nprotocol = "v2"\nmodel_name = "sig"\ninput_shape = [1024]\nnum_classes = 32\n'
-        'value_range = [-10.0, 10.0]\noutput_kind = "logits"\n'
+        f'value_range = [-10.0, 10.0]\noutput_kind = "logits"\nidempotent = {str(idempotent).lower()}\n'
         '[data]\nname = "ItalyPowerDemand"\n'
         '[transform]\nkind = "signal"\ngrid = 16\n'
         '[label_map]\nkind = "frequency"\nper_class = 4\n'

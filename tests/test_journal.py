@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,10 +27,10 @@ from tests.models import CALLS, reset_calls, signal_model
 KEY_A, KEY_B = "a" * 64, "b" * 64
 
 
-def tiny_config(store, **train):
+def tiny_config(store, seed=3, **train):
     """A run of 14 steps on UnitTest against the local signal model, journal on, in calls of 16."""
     return load_config(base={
-        "budget": 400, "seed": 3, "name": "tiny",
+        "budget": 400, "seed": seed, "name": "tiny",
         "backend": {"name": "callable", "model": "tests.models:signal_model", "options": {
             "input_shape": [1024], "num_classes": 32, "value_range": [-10.0, 10.0], "max_batch": 16}},
         "data": {"name": "UnitTest"}, "transform": {"kind": "signal", "grid": 16},
@@ -148,7 +149,7 @@ def test_a_damaged_complete_line_is_an_error_naming_it(tmp_path, damage, number)
     assert lines != [line(INTENT), line(RESULT)] * 3
     path = tmp_path / JOURNAL
     path.write_bytes(b"".join(lines))
-    with pytest.raises(JournalError, match=f"expected an intent or result record on line {number} of "):
+    with pytest.raises(JournalError, match=f"expected an intent, retry, result or failed record on line {number} of "):
         read_journal(path)
     with pytest.raises(JournalError, match=f"on line {number} of "):
         Journal(path)
@@ -163,7 +164,7 @@ def test_resume_refuses_a_damaged_journal_in_one_line_exit_2_before_any_query(fi
     reset_calls()
     result = CliRunner().invoke(main, ["resume", str(folder), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: expected an intent or result record on line {number} of "
+    assert result.stderr.startswith(f"error: expected an intent, retry, result or failed record on line {number} of "
                                     f"{folder / JOURNAL}, got ")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
     assert CALLS["examples"] == 0
@@ -362,7 +363,8 @@ def test_identical_calls_in_one_batch_are_bought_once(tmp_path):
     from blackbox_reprog.ledger import Ledger
     backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32, max_batch=2)
     recorder = Recorder(backend, Journal(tmp_path / "journal.jsonl"), AnswerStore(tmp_path / "answers"))
-    ledger = Ledger(backend, None, recorder)
+    ledger = Ledger(backend, None)
+    ledger.record_with(recorder)
     chunk = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
     reset_calls()
     answer = ledger.query(np.concatenate([chunk, chunk, chunk[:1]]), "train")
@@ -372,3 +374,146 @@ def test_identical_calls_in_one_batch_are_bought_once(tmp_path):
     assert ledger.summary()["train"]["queries"] == 5 and ledger.summary()["train"]["stored"] == 2
     records, _ = read_journal(tmp_path / "journal.jsonl")
     assert [r["kind"] for r in records] == ["intent", "result", "intent", "result"]
+
+
+# ---- what earlier processes spent, and answers that do not hold up ------------------------------
+def killed_with_a_call_in_flight(finished, tmp_path, purpose="train", retried=None):
+    """The finished run as a process killed while buying its middle ``purpose`` call left it:
+    the journal up to that call's intent, only the answers it recorded, in a store of its own;
+    ``retried``: the index of an earlier intent that was sent twice (a retry record after it).
+    Returns (folder, store, the lost intent)."""
+    records, _ = read_journal(finished["run_dir"] / JOURNAL)
+    calls = [i for i, r in enumerate(records) if r["kind"] == "intent" and r["purpose"] == purpose]
+    cut = calls[len(calls) // 2]
+    kept = records[:cut + 1]
+    if retried is not None:
+        sent = kept[retried]
+        assert retried < cut and sent["kind"] == "intent"
+        kept.insert(retried + 1, {"kind": "retry", "key": sent["key"], "purpose": sent["purpose"], "n": sent["n"]})
+    store = tmp_path / "store"
+    for record in kept:
+        if record["kind"] == "result":
+            path = Path(finished["config"].train.answer_store) / record["key"][:2] / f"{record['key']}.npz"
+            (store / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, store / path.parent.name / path.name)
+    folder = interrupted_copy(finished, tmp_path / "run", b"".join(line(r) for r in kept))
+    return folder, store, records[cut]
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_what_earlier_processes_sent_is_booked_on_resume(finished, tmp_path, monkeypatch, idempotent):
+    """Killed in the test pass (unbudgeted, so the replay ends as before either way): the call
+    lost in flight was possibly billed and is booked as retried unless the endpoint honours
+    idempotency keys; a retry an earlier process journaled is booked either way (the live
+    process booked it too)."""
+    monkeypatch.setattr(CallableBackend, "honours_idempotency", idempotent)
+    records, _ = read_journal(finished["run_dir"] / JOURNAL)
+    first_test = next(i for i, r in enumerate(records) if r["kind"] == "intent" and r["purpose"] == "test")
+    folder, store, lost = killed_with_a_call_in_flight(finished, tmp_path, "test", retried=first_test)
+    reset_calls()
+    _, summary = Run(tiny_config(store)).execute(folder, resume=True)
+    expected = records[first_test]["n"] + (0 if idempotent else lost["n"])
+    assert summary["journal"]["earlier_attempts_booked"] == {
+        "calls": 1 + (not idempotent), "queries": expected, "endpoint_honours_idempotency": idempotent}
+    assert summary["retried_queries"] == expected
+    final, _ = read_journal(folder / JOURNAL)
+    assert sum(r["kind"] == "intent" and r["key"] == lost["key"] for r in final) == 2      # bought again once
+    assert summary["queries"] == finished["summary"]["queries"]
+    assert torch.equal(torch.load(folder / "program.pt", weights_only=True)["theta"], finished["theta"])
+
+
+def test_a_call_lost_in_flight_counts_against_the_budget(finished, tmp_path):
+    """Killed while buying a train call of an endpoint not known to honour idempotency keys:
+    those examples were maybe billed, so the replay has that much less to spend (here it
+    still fits: the uninterrupted run left exactly that much unspent)."""
+    folder, store, lost = killed_with_a_call_in_flight(finished, tmp_path, "train")
+    _, summary = Run(tiny_config(store)).execute(folder, resume=True)
+    assert summary["retried_queries"] == lost["n"]
+    assert summary["budgeted_queries"] == finished["summary"]["budgeted_queries"] + lost["n"] <= 400
+
+
+def test_a_call_that_fails_is_journaled_as_failed_and_bought_again_on_resume(finished, tmp_path, monkeypatch):
+    """The backend raises on its 20th call: the run stops with the error, the journal closes
+    that intent with a failed record, and the resume buys that call again and finishes."""
+    config = tiny_config(tmp_path / "store")
+    (tmp_path / "run").mkdir()
+    reset_calls()
+    real = CallableBackend._predict
+
+    def twentieth_fails(self, x):
+        if CALLS["count"] == 19:
+            CALLS["count"] += 1
+            raise RuntimeError("the model crashed")
+        return real(self, x)
+
+    monkeypatch.setattr(CallableBackend, "_predict", twentieth_fails)
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        Run(config).execute(tmp_path / "run")
+    records, _ = read_journal(tmp_path / "run" / JOURNAL)
+    assert records[-1] == {"kind": "failed", "key": records[-2]["key"], "error": "RuntimeError"}
+    monkeypatch.setattr(CallableBackend, "_predict", real)
+    _, summary = Run(load_config(tmp_path / "run" / "config.toml")).execute(tmp_path / "run", resume=True)
+    assert summary["journal"]["failed_calls"] == 1
+    assert summary["journal"]["earlier_attempts_booked"]["calls"] == 1     # the failed call: maybe billed
+    assert summary["budgeted_queries"] <= 400
+
+
+def test_a_stored_answer_changed_since_it_was_bought_is_refused_before_any_query(finished, tmp_path):
+    folder, store, _ = killed_with_a_call_in_flight(finished, tmp_path)
+    records, _ = read_journal(folder / JOURNAL)
+    key = next(r["key"] for r in records if r["kind"] == "result")
+    answer = AnswerStore(store).get(key)
+    AnswerStore(store).put(key, Prediction(answer.kind, answer.num_classes, scores=answer.scores + 1.0))
+    reset_calls()
+    with pytest.raises(JournalError, match=f"expected the stored answer {store / key[:2] / key}.npz to match its "
+                                           "digest in the journal, got different bytes"):
+        Run(tiny_config(store)).execute(folder, resume=True)
+    assert CALLS["count"] == 0
+
+
+def test_a_stored_answer_that_does_not_fit_the_backend_is_refused(tmp_path):
+    """A shared store holds answers with no journal digest: they are checked like fresh ones."""
+    from blackbox_reprog.journal import Recorder
+    from blackbox_reprog.ledger import Ledger
+    backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32)
+    x = np.zeros((2, 1024), np.float32)
+    store = AnswerStore(tmp_path / "answers")
+    store.put(query_key(backend.model_id, x), Prediction("logits", 31, scores=np.zeros((2, 31), np.float32)))
+    ledger = Ledger(backend, None)
+    ledger.record_with(Recorder(backend, Journal(tmp_path / JOURNAL), store))
+    reset_calls()
+    with pytest.raises(JournalError, match="to fit the backend, got: callable: expected 32 classes, got 31"):
+        ledger.query(x, "train")
+    assert CALLS["count"] == 0
+
+
+def test_a_replay_that_drifts_from_the_interrupted_run_is_refused_before_buying(finished, tmp_path):
+    """Resumed under another seed (as if the code had changed): the replay asks for a query
+    the interrupted run never made while answers it bought are unread — refused, nothing bought."""
+    folder, store, _ = killed_with_a_call_in_flight(finished, tmp_path)
+    reset_calls()
+    with pytest.raises(JournalError, match="got a new one while [0-9]+ of the answers it bought are unread"):
+        Run(tiny_config(store, seed=4)).execute(folder, resume=True)
+    assert CALLS["count"] == 0
+
+
+def test_one_process_at_a_time_writes_a_journal(finished, tmp_path):
+    """A second `bbreprog resume` on a folder whose journal is held is refused (exit 2)."""
+    folder, _, _ = killed_with_a_call_in_flight(finished, tmp_path)
+    held = Journal(folder / JOURNAL)
+    try:
+        with pytest.raises(JournalError, match=f"expected no other process writing {folder / JOURNAL}, got it locked"):
+            Journal(folder / JOURNAL)
+        outcome = CliRunner().invoke(main, ["resume", str(folder), "--quiet"])
+        assert outcome.exit_code == 2 and "got it locked" in outcome.output
+    finally:
+        held.close()
+    Journal(folder / JOURNAL).close()                       # released with its holder
+
+
+def test_a_relative_answer_store_is_written_to_config_toml_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    Run(tiny_config("shared", max_steps=1)).execute(tmp_path / "run")
+    saved = load_config(tmp_path / "run" / "config.toml")
+    assert saved.train.answer_store == str(tmp_path / "shared") and any((tmp_path / "shared").iterdir())

@@ -1,7 +1,9 @@
 """The kill test (short form; benchmarks/kill_test.py is the long one): a run over HTTP against
 a real metered server, SIGKILLed at random moments and resumed each time, ends exactly as an
 uninterrupted run — same θ, same accuracy, billed exactly the same number of examples, every
-answer in the journal once. The negative control, with the journal off, is billed more."""
+answer in the journal once. Against a server that bills every request, what each killed
+process left in flight is booked against the budget: the server never bills more than the
+budget allows. The negative control, with the journal off, is billed more."""
 import pytest
 import torch
 
@@ -72,3 +74,25 @@ def test_negative_control_without_the_journal_the_same_kills_are_billed_twice(tm
     assert torch.equal(theta(outcome.run_dir), reference["theta"])     # the replay itself is still right
     assert summary["queries"] == reference["summary"]["queries"]
     assert billed["billed"] > uninterrupted               # the billing check fails without the journal
+
+
+def test_against_a_server_billing_every_request_the_budget_holds_across_kills(tmp_path, reference):
+    """No idempotency: each call a killed process left in flight was billed, and is billed
+    again when resent. The resumes book those as retried, so the replays stop sooner and the
+    server's bill stays within the budget (plus the unbudgeted test pass)."""
+    with signal_server(idempotent=False) as server:
+        config = write_config(tmp_path / "run.toml", server.url, idempotent=False)
+        outcome = kill_and_resume(config, tmp_path / "runs", server, kills=4, seed=31, min_in_flight=2,
+                                  p_anytime=0.0, buying=(0.0, 1.0), log=print)
+        billed = server.billing()
+    summary = result(outcome.run_dir)
+    ledger, booked = summary["ledger"], summary["journal"]["earlier_attempts_booked"]
+    print(f"billing every request: {len(outcome.kills)} kills, {outcome.kills_in_flight} with calls in flight; "
+          f"billed {billed['billed']}; ledger {ledger['total']}; earlier attempts booked {booked}")
+    assert billed["replayed"] == 0 and booked["endpoint_honours_idempotency"] is False
+    assert outcome.kills_in_flight >= 2 and booked["queries"] > 0
+    # every example the server billed was booked by the last process (read back, bought, or lost in flight)
+    assert billed["billed"] <= ledger["total"]["queries"] + ledger["total"]["retried"]
+    test_billed = ledger["test"]["queries"] + ledger["test"]["retried"]
+    assert billed["billed"] - test_billed <= summary["budget"] == 3400
+    assert summary["budgeted_queries"] <= 3400

@@ -335,16 +335,34 @@ def journaled_run(tmp_path_factory) -> Path:
     return out / "journaled"
 
 
-def test_resume_over_a_poisoned_answer_store_buys_nothing_and_runs_nothing(journaled_run, tmp_path, marker):
+def poisoned_copy(journaled_run: Path, run: Path, marker: Path) -> Path:
+    """The journaled run's folder with every stored answer replaced by a pickle bomb."""
     import shutil
-    run = tmp_path / "run"
     shutil.copytree(journaled_run, run)
     stored = sorted((run / "answers").rglob("*.npz"))
     assert stored, "the journaled run stored no answers"
     for path in stored:
         hostile_npz(path, marker, kind=np.array([Payload(marker)], dtype=object), num_classes=np.array(32))
+    return run
+
+
+def test_resume_over_a_poisoned_answer_store_buys_nothing_and_runs_nothing(journaled_run, tmp_path, marker):
+    """The journal holds each answer's digest: a replaced file is refused before it is parsed."""
+    run = poisoned_copy(journaled_run, tmp_path / "run", marker)
     result = invoke("resume", "--quiet", run)
-    refused_by_cli(result, "expected a stored answer in ", marker)
+    refused_by_cli(result, f"expected the stored answer {run / 'answers'}", marker)
+    assert "to match its digest in the journal, got different bytes" in result.stderr
+
+
+def test_a_poisoned_shared_answer_store_is_read_without_unpickling(journaled_run, tmp_path, marker):
+    """A store shared between runs holds answers this run's journal has no digest for: they
+    are parsed, with allow_pickle=False, and refused."""
+    store = poisoned_copy(journaled_run, tmp_path / "run", marker) / "answers"
+    overrides = [a for pair in (("--set", o) for o in CALLABLE + (
+        "train.journal=on", "train.batch_size=8", "estimator.directions=2", "label_map.per_class=2",
+        f"train.answer_store={store}")) for a in pair]
+    result = invoke("demo", "--quiet", "--out", tmp_path / "runs", "--budget", 2000, *overrides)
+    refused_by_cli(result, f"expected a stored answer in {store}", marker)
     assert "got an unreadable file (" in result.stderr
     assert "Object arrays cannot be loaded when allow_pickle=False" in result.stderr
 

@@ -50,7 +50,7 @@ class HttpBackend(Backend):
                  output_kind: str = "probs", k: int = 1, labels: list[str] | None = None,
                  dtype: str = "float32", value_range: Sequence[float] = (-math.inf, math.inf),
                  max_batch: int = 64, concurrency: int = 4, idempotency_header: str = "Idempotency-Key",
-                 transport: Transport):
+                 idempotent: bool = False, transport: Transport):
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"expected backend.options.output_kind among {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
         if output_kind == "topk" and not 1 <= int(k) <= int(num_classes):
@@ -66,6 +66,11 @@ class HttpBackend(Backend):
         self.contract = Contract(output_kind, num_classes, k if output_kind == "topk" else 1, labels)
         self.max_batch, self.concurrency = int(max_batch), int(concurrency)
         self.idempotency_header = idempotency_header
+        # declared by the user (nothing in a protocol says so): a call resent under its key is not billed
+        # twice, so a resumed run does not book the calls its dead predecessor left in flight
+        if not isinstance(idempotent, bool):
+            raise ValueError(f"expected backend.options.idempotent true or false, got {idempotent!r}")
+        self.honours_idempotency = idempotent and bool(idempotency_header)
         # what identifies the answers (journal keys, answer store): the endpoint and what is asked of it
         self.model_id = (f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}:{output_kind}"
                          + (f":k{k}" if output_kind == "topk" else "") + protocol.variant())
@@ -147,16 +152,14 @@ class HttpBackend(Backend):
         except ResponseError as error:
             raise ResponseError(self.transport._scrub(f"{shown(response.url)}: {error}")) from None
 
-    def _predict(self, x: np.ndarray) -> Prediction:
-        return self.query(x)
-
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.transport.close()
 
     def describe(self) -> dict:
         return {**super().describe(), **self.protocol.describe(), "url": shown(self.transport.base_url),
-                "max_batch": self.max_batch, "concurrency": self.concurrency}
+                "max_batch": self.max_batch, "concurrency": self.concurrency,
+                "honours_idempotency": self.honours_idempotency}
 
 
 def _json(content: bytes) -> object:
