@@ -126,6 +126,21 @@ def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_pat
     assert (run_dir / "compare-whitebox" / "result.json").is_file()
 
 
+def test_a_run_killed_during_its_comparison_resumes_it(tmp_path):
+    """Killed while the whitebox comparison ran: the run folder holds the main run's
+    checkpoint and a comparison folder without its result. The resume replays both."""
+    from blackbox_reprog.runner import Run
+    config = demo(**{"budget": 4000, "train.compare_with": "whitebox", "out": f'"{tmp_path}"', "name": "cmp"})
+    run_dir, summary = run(config)
+    for path in ("result.json", "program.pt", "compare-whitebox/result.json", "compare-whitebox/program.pt"):
+        (run_dir / path).unlink()
+    _, resumed = Run(load_config(run_dir / "config.toml")).execute(run_dir, resume=True)
+    same = {k: v for k, v in summary["comparison"].items() if k != "wall_seconds"}
+    assert {k: v for k, v in resumed["comparison"].items() if k != "wall_seconds"} == same
+    assert resumed["test_accuracy"] == summary["test_accuracy"]
+    assert (run_dir / "compare-whitebox" / "result.json").is_file()
+
+
 @pytest.mark.parametrize("name", ["TwoPointsDE", "TBPSA", "OnePlusOne", "NGOpt", "DiagonalCMA", "PSO"])
 def test_every_named_nevergrad_optimizer_runs_within_the_budget(name):
     config = load_config(overrides=(
