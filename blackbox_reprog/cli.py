@@ -96,7 +96,7 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
         _fail(str(error))
     try:
         run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
-    except JournalError as error:            # found on opening the journal: nothing was sent
+    except JournalError as error:            # a run folder that does not hold up: refused before buying more
         if bar is not None:
             bar.close()
         _fail(str(error))
@@ -203,6 +203,79 @@ def predict(run_dir, inputs, output):
         click.echo(f"{len(labels)} predictions written to {output} ({queries} queries)")
     else:
         click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Results folder [runs/bench-<suite name>].")
+@click.option("--jobs", "-j", type=int, default=0, help="Cells run at once [the number of CPUs].")
+@click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True,
+              help="process: a local process pool; serial: one cell after another in this process; "
+                   "ray: each cell a Ray task (pip install 'blackbox-reprog[ray]').")
+@click.option("--budgets", metavar="N,N,…", help="Only these budgets instead of the suite's (e.g. the smallest on a CPU).")
+@click.option("--seeds", metavar="S,S,…", help="Only these seeds instead of the suite's.")
+@click.option("--pairs", metavar="NAME,…", help="Only these pairs of the suite.")
+@click.option("--methods", metavar="NAME,…", help="Only these methods of the suite.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet):
+    """Run a benchmark suite: every pair × method × budget × seed, resuming a half-finished
+    one; writes results.md, results.json and a plot per pair into OUT."""
+    from .bench import SuiteError, check_suite, headline, load_suite, restricted, run_suite
+    try:
+        suite = restricted(load_suite(suite_file), budgets=budgets, seeds=seeds, pairs=pairs, methods=methods)
+        check_suite(suite)
+    except SuiteError as error:
+        _fail(str(error))
+    if jobs < 0:
+        _fail(f"expected --jobs of 0 (all CPUs) or more, got {jobs}")
+    folder = Path(out) if out else Path("runs") / f"bench-{suite.name}"
+    progress = None if quiet else _BenchProgress(len(suite.cells()))
+    try:
+        results = run_suite(suite, folder, jobs=jobs, executor=executor,
+                            on_event=progress.event if progress else None)
+    except SuiteError as error:
+        _fail(str(error))
+    except Exception as error:               # a cell failed: the finished ones are kept for the next run
+        _fail(f"the suite stopped: {type(error).__name__}: {error}; run the same command again to resume", code=1)
+    finally:
+        if progress:
+            progress.close()
+    click.echo(headline(results))
+    done = sum(c["status"] == "done" for c in results["cells"])
+    click.echo(f"{done} cells done ({results['ran']} run now, {done - results['ran']} from an earlier run), "
+               f"{len(results['cells']) - done} skipped, in {results['seconds']:.0f} s; results: {folder / 'results.md'}")
+
+
+class _BenchProgress:
+    """A bar for the whole suite (cells) and one per running cell (queries of its budget)."""
+
+    def __init__(self, cells: int):
+        from tqdm import tqdm
+        self._tqdm = tqdm
+        self.suite = tqdm(total=cells, unit="cell", desc="suite", dynamic_ncols=True, file=sys.stderr, position=0)
+        self.running: dict = {}
+
+    def event(self, kind: str, cell_id: str, info: dict) -> None:
+        if kind == "start":
+            self.running[cell_id] = self._tqdm(total=None, unit="q", unit_scale=True, desc=cell_id, leave=False,
+                                               dynamic_ncols=True, file=sys.stderr, position=len(self.running) + 1)
+        elif kind == "progress" and cell_id in self.running:
+            bar = self.running[cell_id]
+            bar.total = info["budget"]
+            bar.update(info["queries"] - bar.n)
+        elif kind in ("done", "skipped", "resumed"):
+            bar = self.running.pop(cell_id, None)
+            if bar is not None:
+                bar.close()
+            self.suite.update(1)
+            if kind == "done":
+                self.suite.set_postfix_str(f"{cell_id}: {info['test_accuracy']:.3f}")
+
+    def close(self) -> None:
+        for bar in self.running.values():
+            bar.close()
+        self.suite.close()
 
 
 @main.command()

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")   # apt install dataset-fashion-mnist (Debian, Ubuntu)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 # What a reader produces before labels are encoded: inputs and the original labels as strings.
@@ -99,6 +100,8 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
 
 def _read(name_or_path: str) -> tuple[str, RawPair]:
     path = Path(name_or_path).expanduser()
+    if path.is_dir() and _idx_file(path, "train-images-idx3-ubyte"):
+        return path.name, _read_idx_folder(path)
     if path.is_dir():
         return path.name, (_read_image_folder(path), None)
     if path.exists():
@@ -149,6 +152,8 @@ def _registry() -> dict[str, tuple[str, Callable[[], RawPair]]]:
         path = _package_file(package, relative)
         if path:
             found[name] = (name, partial(_read_pixel_csv, path, side, max_value))
+    if FASHION_MNIST.is_dir():        # Debian's dataset-fashion-mnist package: a 4,000 + 1,000 subsample
+        found["fashion_mnist_5k"] = ("fashion_mnist_5k", partial(_read_idx_folder, FASHION_MNIST, 4000, 1000))
     return found
 
 
@@ -272,6 +277,53 @@ def _read_pixel_csv(path: Path, side: int, max_value: float) -> RawPair:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float32)  # numpy's C parser: fastest here
     images = table[:, :-1].reshape(-1, 1, side, side) / np.float32(max_value)
     return (images, [str(v) for v in table[:, -1]]), None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
+
+
+def _read_idx_folder(folder: Path, train_size: int = 0, test_size: int = 0) -> RawPair:
+    """The MNIST file layout (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
+    t10k-…): 8-bit grayscale images and their labels; the first ``train_size`` /
+    ``test_size`` examples of each half when given."""
+    halves = []
+    for prefix, size in (("train", train_size), ("t10k", test_size)):
+        images_path = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+        labels_path = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        if images_path is None or labels_path is None:
+            if prefix == "t10k" and images_path is labels_path is None:
+                halves.append(None)                 # no test half: one is split off later
+                continue
+            raise DataError(f"Expected {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (or .gz) "
+                            f"in {folder}, but found only one of them.")
+        images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
+        if len(images) != len(labels):
+            raise DataError(f"Expected as many labels as images in {folder} ({prefix}), but found "
+                            f"{len(labels)} labels for {len(images)} images.")
+        if size:
+            images, labels = images[:size], labels[:size]
+        halves.append((images[:, None].astype(np.float32) / np.float32(255), [str(v) for v in labels.tolist()]))
+    return halves[0], halves[1]
+
+
+def _read_idx(path: Path, dims: int) -> np.ndarray:
+    """One IDX file of unsigned bytes: 0x00 0x00 0x08 ndim, then ndim big-endian sizes, then data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"Expected a readable IDX file at {path.name}, but reading failed ({exc}).") from None
+    header = 4 + 4 * dims
+    if len(raw) < header or raw[:3] != b"\0\0\x08" or raw[3] != dims:
+        raise DataError(f"Expected an IDX file of unsigned bytes with {dims} dimension(s) at {path.name}, but "
+                        f"its header is {raw[:4].hex() or 'missing'}.")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(f"Expected {int(np.prod(shape))} bytes of data for shape {shape} in {path.name}, but "
+                        f"found {len(raw) - header}.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _read_npz(path: Path) -> RawPair:

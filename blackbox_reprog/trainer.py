@@ -107,6 +107,15 @@ class Trainer:
         logits = self.label_map(self._dataset_log_probs(theta, data, purpose))
         return target_accuracy(logits, torch.as_tensor(data.y))
 
+    def zero_program(self) -> dict:
+        """No program at all: the map fitted to the zero program's answers on the train split
+        (its only budgeted queries) and the test accuracy — the baseline a program must beat."""
+        zero = torch.zeros(self.transform.num_params)
+        if self.label_map.needs_fit:
+            self.label_map.fit(self._dataset_log_probs(zero, self.train_set, "label-map"),
+                               torch.as_tensor(self.train_set.y))
+        return {"test_accuracy": self.accuracy(zero, self.test, "test"), "ledger": self.ledger.summary()}
+
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainingResult:
         started = time.perf_counter()

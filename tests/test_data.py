@@ -130,6 +130,52 @@ def test_image_folder_gray_and_rgb(tmp_path):
     np.testing.assert_allclose(train.x[0], 0.0)
 
 
+def idx_file(path: Path, data: np.ndarray, compress: bool = True) -> Path:
+    """An IDX file as MNIST ships it: 0 0 8 ndim, big-endian sizes, unsigned bytes."""
+    import gzip
+    raw = bytes([0, 0, 8, data.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in data.shape)
+    raw += data.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def test_an_mnist_layout_folder_of_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (12, 5, 4)), rng.integers(0, 256, (6, 5, 4))
+    idx_file(tmp_path / "train-images-idx3-ubyte.gz", train)
+    idx_file(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(12) % 3)
+    idx_file(tmp_path / "t10k-images-idx3-ubyte", test, compress=False)          # plain files too
+    idx_file(tmp_path / "t10k-labels-idx1-ubyte", np.arange(6) % 3, compress=False)
+    loaded_train, loaded_test = load(str(tmp_path))
+    assert loaded_train.x.shape == (12, 1, 5, 4) and loaded_test.x.shape == (6, 1, 5, 4)
+    np.testing.assert_allclose(loaded_train.x[:, 0], train / 255, rtol=1e-6)
+    assert loaded_train.classes == ("0", "1", "2") and list(loaded_test.y) == [0, 1, 2, 0, 1, 2]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[:3] + b"\x02" + raw[4:], "Expected an IDX file of unsigned bytes with 3 dimension(s) at "
+                                               "train-images-idx3-ubyte, but its header is 00000802."),
+    (lambda raw: raw[:-1], "Expected 24 bytes of data for shape (2, 3, 4) in train-images-idx3-ubyte, but found 23."),
+    (lambda raw: b"", "Expected an IDX file of unsigned bytes with 3 dimension(s) at train-images-idx3-ubyte, but "
+                      "its header is missing."),
+])
+def test_a_damaged_idx_file_is_one_sentence(tmp_path, damage, message):
+    images = idx_file(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 3, 4)), compress=False)
+    idx_file(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1]), compress=False)
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(DataError) as error:
+        load(str(tmp_path))
+    assert str(error.value) == message
+
+
+def test_fashion_mnist_from_the_debian_package_when_installed():
+    from blackbox_reprog.data import FASHION_MNIST
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed (apt install dataset-fashion-mnist)")
+    train, test = load("fashion_mnist_5k")
+    assert train.x.shape == (4000, 1, 28, 28) and len(test) == 1000 and train.num_classes == 10
+
+
 def test_subset_keeps_classes_and_name():
     data = Dataset(np.zeros((3, 2), np.float32), np.array([0, 1, 2]), ("a", "b", "c"), "d")
     part = data.subset([2])

@@ -1,0 +1,563 @@
+"""Query-budget benchmarks: ``bbreprog bench SUITE.toml``.
+
+A suite answers one question — for a given number of paid queries, which method gives the
+best target accuracy, and is reprogramming worth it against the cheap baselines? It names
+source → target *pairs*, *methods*, *budgets* and *seeds*; every (pair, method, budget,
+seed) is one *cell*, a run of its own in ``OUT/cells/``. Baselines that do not train a
+program (``baseline = "zero"``: the map fitted to the zero program; ``baseline =
+"scratch"``: a small network trained on the target data, no query) do not depend on the
+budget and run once per seed.
+
+A suite file::
+
+    name = "signal"
+    budgets = [1_000, 10_000, 100_000]
+    seeds = [0, 1, 2]
+    [base]                                # every cell's config starts from this
+    backend = { name = "onnx", model = "crepe-tiny" }
+    transform = { kind = "signal", grid = 64 }
+    [pairs.Coffee]                        # config keys, dotted
+    data.name = "Coffee"
+    [methods.linear-head]
+    label = "linear head, zero program"
+    baseline = "zero"
+    label_map.kind = "linear"
+    [methods.zo-random]
+    estimator.kind = "random"
+
+A pair may say ``requires = "/path"`` (and ``install = "how"``): when the path is absent its
+cells are skipped, and the report says why. Each finished cell writes ``cell.json`` with a
+digest of its config; running the suite again skips those, so a half-finished suite resumes
+(a cell whose config changed runs again). Results: ``results.json``, ``results.md`` and one
+``<pair>.png`` of test accuracy (mean ± std over seeds) against queries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError, RunConfig, _flatten, load_config, merge, to_toml
+from .files import atomic_write
+
+BASELINES = ("zero", "scratch")
+EXECUTORS = ("process", "serial", "ray")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot run; raised before any cell starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    name: str
+    settings: dict                       # dotted config key -> value
+    requires: str = ""                   # a path that must exist (a dataset package), else skipped
+    install: str = ""                    # how to get it, for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    settings: dict
+    label: str = ""
+    baseline: str = ""                   # "" (train a program at each budget), "zero" or "scratch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    pair: str
+    method: str
+    budget: int | None                   # None: a baseline, the same at every budget
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.pair}/{self.method}/{'any' if self.budget is None else self.budget}-s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    base: dict
+    pairs: tuple[Pair, ...]
+    methods: tuple[Method, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...]
+    description: str = ""
+
+    def cells(self) -> list[Cell]:
+        cells = []
+        for pair in self.pairs:
+            for method in self.methods:
+                budgets = (None,) if method.baseline else self.budgets
+                cells += [Cell(pair.name, method.name, b, s) for b in budgets for s in self.seeds]
+        return cells
+
+    def pair(self, name: str) -> Pair:
+        return next(p for p in self.pairs if p.name == name)
+
+    def method(self, name: str) -> Method:
+        return next(m for m in self.methods if m.name == name)
+
+    def config(self, cell: Cell, out: Path) -> RunConfig:
+        """The cell's run config: base < pair < method < budget, seed, folder."""
+        values: dict = {}
+        for key, value in _flatten(self.base):
+            values = merge(values, key, value)
+        for settings in (self.pair(cell.pair).settings, self.method(cell.method).settings):
+            for key, value in settings.items():
+                values = merge(values, key.split("."), value)
+        # a baseline spends only its map fit and is measured at every budget that pays for it:
+        # its run config's budget is no limit (it must only admit one step it never takes)
+        budget = 10**12 if cell.budget is None else cell.budget
+        values.update(seed=cell.seed, budget=budget, out=str(out), name="run")
+        values.setdefault("train", {})
+        values["train"] = {**values["train"], "journal": "off"}
+        return load_config(base=values)
+
+    def missing(self, pair: Pair) -> str:
+        """Why a pair's cells are skipped ("" when they run)."""
+        if pair.requires and not Path(pair.requires).expanduser().exists():
+            return f"{pair.requires} is absent" + (f" ({pair.install})" if pair.install else "")
+        return ""
+
+
+# ---- reading a suite --------------------------------------------------------------------------
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite: every cell's config is built (not run) before anything starts."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise SuiteError(f"expected a readable suite file, got {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"expected a TOML suite file, got {path}: {error}") from None
+    known = {"name", "description", "budgets", "seeds", "base", "pairs", "methods"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise SuiteError(f"expected suite keys among {', '.join(sorted(known))}, got {', '.join(unknown)} in {path}")
+    budgets, seeds = table.get("budgets", []), table.get("seeds", [0])
+    if not budgets or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets):
+        raise SuiteError(f"expected budgets, a list of positive integers, got {budgets!r} in {path}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SuiteError(f"expected seeds, a list of integers, got {seeds!r} in {path}")
+    pairs = tuple(Pair(name, settings, requires=str(extra.get("requires", "")), install=str(extra.get("install", "")))
+                  for name, settings, extra in _entries(table, "pairs", ("requires", "install"), path))
+    methods = []
+    for name, settings, extra in _entries(table, "methods", ("label", "baseline"), path):
+        baseline = str(extra.get("baseline", ""))
+        if baseline and baseline not in BASELINES:
+            raise SuiteError(f"expected methods.{name}.baseline among {', '.join(BASELINES)}, got {baseline!r}")
+        methods.append(Method(name, settings, label=str(extra.get("label", name)), baseline=baseline))
+    suite = Suite(name=str(table.get("name", path.stem)), path=path, base=table.get("base", {}), pairs=pairs,
+                  methods=tuple(methods), budgets=tuple(sorted(set(budgets))), seeds=tuple(seeds),
+                  description=str(table.get("description", "")))
+    for cell in suite.cells():
+        try:
+            suite.config(cell, Path("."))
+        except ConfigError as error:
+            raise SuiteError(f"expected a valid config for cell {cell.id} of {path}, got: {error}") from None
+    return suite
+
+
+def restricted(suite: Suite, *, budgets: str | None = None, seeds: str | None = None,
+               pairs: str | None = None, methods: str | None = None) -> Suite:
+    """The suite with other budgets or seeds (comma-separated integers), or only some of its
+    pairs or methods (comma-separated names)."""
+    def integers(text: str, what: str, positive: bool) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.replace("_", "").split(","))
+        except ValueError:
+            values = ()
+        if not values or (positive and min(values) <= 0):
+            raise SuiteError(f"expected --{what} as comma-separated {'positive ' if positive else ''}integers, "
+                             f"got {text!r}")
+        return values
+    if budgets is not None:
+        suite = dataclasses.replace(suite, budgets=tuple(sorted(set(integers(budgets, "budgets", True)))))
+    if seeds is not None:
+        suite = dataclasses.replace(suite, seeds=integers(seeds, "seeds", False))
+    for what, names in (("pairs", pairs), ("methods", methods)):
+        if names is None:
+            continue
+        known = {entry.name: entry for entry in getattr(suite, what)}
+        wanted = [name.strip() for name in names.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in known]
+        if unknown or not wanted:
+            raise SuiteError(f"expected --{what} among {', '.join(known)}, got {names!r}")
+        suite = dataclasses.replace(suite, **{what: tuple(known[name] for name in wanted)})
+    return suite
+
+
+def check_suite(suite: Suite) -> None:
+    """Build every (pair, method) once, at the largest budget, without sending a query: an
+    unknown estimator, a model the data does not fit, … refuse the suite before any cell runs
+    (a budget too small for a method's one step only skips that cell)."""
+    from .runner import build
+    from .trainer import BudgetTooSmall
+    for pair in suite.pairs:
+        if suite.missing(pair):
+            continue
+        for method in suite.methods:
+            cell = Cell(pair.name, method.name, None if method.baseline else max(suite.budgets), suite.seeds[0])
+            try:
+                build(suite.config(cell, Path("."))).backend.close()
+            except BudgetTooSmall:
+                pass                               # its cells are skipped, with the reason, when they run
+            except Exception as error:
+                raise SuiteError(f"expected cell {cell.id} of {suite.path} to build, got "
+                                 f"{type(error).__name__}: {error}") from None
+
+
+def _entries(table: dict, section: str, extras: tuple[str, ...], path: Path):
+    entries = table.get(section)
+    if not isinstance(entries, dict) or not entries:
+        raise SuiteError(f"expected at least one [{section}.NAME] table in {path}, got none")
+    for name, body in entries.items():
+        if not isinstance(body, dict):
+            raise SuiteError(f"expected [{section}.{name}] to be a table, got {body!r}")
+        if "/" in name or name.startswith("."):
+            raise SuiteError(f"expected a {section[:-1]} name usable as a folder name, got {name!r}")
+        settings = {".".join(key): value for key, value in _flatten({k: v for k, v in body.items() if k not in extras})}
+        yield name, settings, {k: body[k] for k in extras if k in body}
+
+
+# ---- running one cell (in a worker process) --------------------------------------------------
+def cell_digest(config: RunConfig) -> str:
+    """What makes a cell's result: its whole config but the folder it is written to."""
+    text = to_toml(dataclasses.replace(config, out="", name=""))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict], None] | None = None) -> dict:
+    """Run one cell into ``out/cells/<id>`` and return its record (also written as cell.json)."""
+    suite = load_suite(suite_path)
+    folder = Path(out) / "cells" / cell.id
+    config = suite.config(cell, folder)
+    record = {**dataclasses.asdict(cell), "id": cell.id, "config_digest": cell_digest(config)}
+    if folder.exists():                           # a cell cut short by an earlier run of the suite
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    method = suite.method(cell.method)
+    started = time.perf_counter()
+    if method.baseline == "scratch":
+        from .data import make_splits
+        from .scratch import train_from_scratch
+        splits = make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
+                             test_fraction=config.data.test_fraction, seed=config.seed)
+        outcome = train_from_scratch(splits, seed=config.seed)
+        record.update(test_accuracy=outcome["test_accuracy"], queries=0, test_queries=0, steps=outcome["epochs"],
+                      detail=outcome)
+    elif method.baseline == "zero":
+        from .runner import build
+        components = build(config)
+        try:
+            outcome = components.trainer.zero_program()
+        finally:
+            components.backend.close()
+        record.update(test_accuracy=outcome["test_accuracy"], queries=outcome["ledger"]["budgeted"],
+                      test_queries=outcome["ledger"]["test"]["queries"], steps=0)
+    else:
+        from .runner import Run
+        from .trainer import BudgetTooSmall
+
+        def progress(row: dict) -> None:
+            if report:
+                report(cell.id, {"queries": row["queries"], "budget": config.budget, "step": row["step"]})
+
+        try:
+            job = Run(config, progress=progress)
+        except BudgetTooSmall as error:            # this method's one step costs more than the budget
+            shutil.rmtree(folder)
+            return {**record, "status": "skipped", "reason": str(error)}
+        _, summary = job.execute(folder, plot=False)
+        record.update(test_accuracy=summary["test_accuracy"], start_accuracy=summary["start_accuracy"],
+                      queries=summary["budgeted_queries"], test_queries=summary["queries"]["test"],
+                      steps=summary["steps"], stopped=summary["stopped"])
+    record.update(status="done", wall_seconds=round(time.perf_counter() - started, 2))
+    atomic_write(folder / "cell.json", (json.dumps(record, indent=1) + "\n").encode())
+    return record
+
+
+def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
+    """The cell's record from an earlier run of the suite, if it finished with the same config."""
+    path = out / "cells" / cell.id / "cell.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        return None
+    config = suite.config(cell, out / "cells" / cell.id)
+    return record if record.get("config_digest") == cell_digest(config) else None
+
+
+# ---- running a suite --------------------------------------------------------------------------
+def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "process",
+              on_event: Callable[[str, str, dict], None] | None = None) -> dict:
+    """Run every cell not already finished, ``jobs`` at a time; write the results; return them.
+    ``on_event(kind, cell_id, info)`` hears "start", "progress", "done", "skipped", "resumed"."""
+    if executor not in EXECUTORS:
+        raise SuiteError(f"expected an executor among {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        _ray()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(suite.path, out / "suite.toml")
+    event = on_event or (lambda *args: None)
+    records: dict[str, dict] = {}
+    todo = []
+    for cell in suite.cells():
+        record = finished_record(suite, cell, out)
+        reason = suite.missing(suite.pair(cell.pair))
+        if reason:
+            records[cell.id] = {**dataclasses.asdict(cell), "id": cell.id, "status": "skipped", "reason": reason}
+            event("skipped", cell.id, records[cell.id])
+        elif record is not None:
+            records[cell.id] = record
+            event("resumed", cell.id, record)
+        else:
+            todo.append(cell)
+    jobs = jobs or os.cpu_count() or 1
+    started = time.perf_counter()
+    run = {"process": _in_processes, "serial": _in_this_process, "ray": _in_ray}[executor]
+    for record in run(suite, todo, out, jobs, event):
+        records[record["id"]] = record
+        event(record["status"], record["id"], record)
+    results = summarise(suite, [records[c.id] for c in suite.cells()], out)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["ran"] = len(todo)                    # cells run now; the others finished before or were skipped
+    write_results(suite, results, out)
+    return results
+
+
+def _in_this_process(suite, cells, out, jobs, event):
+    for cell in cells:
+        event("start", cell.id, {})
+        yield run_cell(str(suite.path), cell, str(out), lambda cid, info: event("progress", cid, info))
+
+
+def _in_processes(suite, cells, out, jobs, event):
+    """A pool of ``jobs`` fresh (spawned) processes; progress comes back through a queue."""
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")      # torch and threads do not survive fork well
+    with context.Manager() as manager, ProcessPoolExecutor(
+            max_workers=min(jobs, max(len(cells), 1)), mp_context=context,
+            initializer=_worker_init, initargs=(jobs,)) as pool:
+        messages = manager.Queue()
+        pending = {pool.submit(_run_cell_reporting, str(suite.path), cell, str(out), messages): cell for cell in cells}
+        for cell in cells:
+            event("queued", cell.id, {})
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    kind, cell_id, info = messages.get_nowait()
+                except queue_module.Empty:
+                    break
+                event(kind, cell_id, info)
+            for future in done:
+                pending.pop(future)
+                yield future.result()
+
+
+def _worker_init(jobs: int) -> None:
+    """Share the cores between the workers instead of each taking them all."""
+    import torch
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _run_cell_reporting(suite_path: str, cell: Cell, out: str, messages) -> dict:
+    messages.put(("start", cell.id, {}))
+    return run_cell(suite_path, cell, out, lambda cell_id, info: messages.put(("progress", cell_id, info)))
+
+
+def _in_ray(suite, cells, out, jobs, event):
+    """Each cell a Ray task (``ray.init()`` joins a running cluster, else starts a local one);
+    each optimizer stays in its one task, asking for its candidates in batches."""
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(run_cell)
+    pending = {task.remote(str(suite.path.resolve()), cell, str(out.resolve())): cell for cell in cells}
+    for cell in cells:
+        event("queued", cell.id, {})
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            pending.pop(ref)
+            yield ray.get(ref)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise SuiteError("expected Ray installed for --executor ray (pip install 'blackbox-reprog[ray]'), "
+                         "got no module named ray") from None
+    return ray
+
+
+# ---- results ----------------------------------------------------------------------------------
+def summarise(suite: Suite, records: list[dict], out: Path) -> dict:
+    """Per pair, method and budget: test accuracy mean ± std over seeds and queries spent."""
+    table: dict = {}
+    for pair in suite.pairs:
+        table[pair.name] = {}
+        for method in suite.methods:
+            rows = [r for r in records if r["pair"] == pair.name and r["method"] == method.name]
+            by_budget = {}
+            for budget in ((None,) if method.baseline else suite.budgets):
+                done = [r for r in rows if r["budget"] == budget and r["status"] == "done"]
+                if done:
+                    accuracy = [r["test_accuracy"] for r in done]
+                    by_budget["any" if budget is None else str(budget)] = {
+                        "mean": statistics.fmean(accuracy),
+                        "std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                        "n": len(accuracy), "queries": statistics.fmean(r["queries"] for r in done),
+                        "seconds": statistics.fmean(r["wall_seconds"] for r in done)}
+            table[pair.name][method.name] = by_budget
+    skipped = {p.name: suite.missing(p) for p in suite.pairs if suite.missing(p)}
+    return {"suite": suite.name, "description": suite.description, "budgets": list(suite.budgets),
+            "seeds": list(suite.seeds), "methods": {m.name: {"label": m.label, "baseline": m.baseline}
+                                                     for m in suite.methods},
+            "date": datetime.date.today().isoformat(), "machine": machine(), "command": " ".join(
+                ["bbreprog", *sys.argv[1:]]) if Path(sys.argv[0]).name == "bbreprog" else "",
+            "summary": table, "skipped": skipped, "cells": records}
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for package in ("onnxruntime", "nevergrad"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    return {"host": platform.node(), "system": f"{platform.system()} {platform.machine()}",
+            "cpus": os.cpu_count(), "versions": versions}
+
+
+def write_results(suite: Suite, results: dict, out: Path) -> None:
+    atomic_write(out / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+    atomic_write(out / "results.md", markdown(suite, results).encode())
+    for pair in suite.pairs:
+        if pair.name not in results["skipped"]:
+            plot_pair(suite, results, pair.name, out / f"{pair.name}.png")
+
+
+def markdown(suite: Suite, results: dict) -> str:
+    """One table per pair: methods × budgets, test accuracy mean ± std (seeds), the best
+    trained method of each budget in bold; baselines shown at every budget that pays for them."""
+    m = results["machine"]
+    lines = [f"# Benchmark suite `{suite.name}`", ""]
+    if suite.description:
+        lines += [suite.description, ""]
+    lines += [f"{results['date']}, {m['host']} ({m['system']}, {m['cpus']} CPUs), "
+              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+              f"Command: `{results['command'] or 'bbreprog bench ' + str(suite.path)}`. "
+              f"Seeds {', '.join(map(str, suite.seeds))}; test accuracy, mean ± std over seeds; budgeted queries "
+              "(everything but the test pass) on the columns; `–`: the budget does not pay for it.", ""]
+    for pair in suite.pairs:
+        lines += [f"## {pair.name}", ""]
+        if pair.name in results["skipped"]:
+            lines += [f"Skipped: {results['skipped'][pair.name]}.", ""]
+            continue
+        table = results["summary"][pair.name]
+        header = "| method | " + " | ".join(f"{b:,}" for b in suite.budgets) + " |"
+        lines += [header, "|---|" + "---|" * len(suite.budgets)]
+        best = {}
+        for b in suite.budgets:
+            trained = [(v[str(b)]["mean"], name) for name, v in table.items()
+                       if not suite.method(name).baseline and str(b) in v]
+            best[b] = max(trained)[1] if trained else None
+        for method in suite.methods:
+            cells = []
+            for b in suite.budgets:
+                entry = table[method.name].get("any" if method.baseline else str(b))
+                if entry is None or (method.baseline and entry["queries"] > b):
+                    cells.append("–")
+                    continue
+                text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+                cells.append(f"**{text}**" if best[b] == method.name else text)
+            cost = table[method.name].get("any")
+            label = method.label + (f" ({cost['queries']:,.0f} q)" if method.baseline and cost else "")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", f"![{pair.name}]({pair.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = results["summary"][pair]
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=120)
+    lowest, highest = min(suite.budgets), max(suite.budgets)
+    for index, method in enumerate(suite.methods):
+        entries = table[method.name]
+        colour = f"C{index % 10}"
+        if method.baseline:
+            entry = entries.get("any")
+            if entry:
+                start = max(entry["queries"], lowest / 2)
+                ax.hlines(entry["mean"], start, highest * 1.5, colors=colour, linestyles="--",
+                          label=f"{method.label} ({entry['mean']:.3f})")
+            continue
+        points = sorted((e["queries"], e["mean"], e["std"]) for e in entries.values())
+        if not points:
+            continue
+        x, mean, std = (list(v) for v in zip(*points))
+        ax.plot(x, mean, marker="o", markersize=3, color=colour, label=method.label)
+        ax.fill_between(x, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)],
+                        color=colour, alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("budgeted queries spent")
+    ax.set_ylabel(f"test accuracy (mean ± std, {len(suite.seeds)} seeds)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{suite.name}: {pair}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def headline(results: dict) -> str:
+    """One line per pair for the terminal: the best trained method at the largest budget
+    against the best baseline."""
+    lines = []
+    for pair, table in results["summary"].items():
+        if pair in results["skipped"]:
+            lines.append(f"{pair}: skipped ({results['skipped'][pair]})")
+            continue
+        largest = str(max(results["budgets"]))
+        trained = [(v[largest]["mean"], name) for name, v in table.items()
+                   if not results["methods"][name]["baseline"] and largest in v]
+        base = [(v["any"]["mean"], name) for name, v in table.items() if results["methods"][name]["baseline"] and "any" in v]
+        parts = []
+        if trained:
+            parts.append(f"best at {int(largest):,} queries: {max(trained)[1]} {max(trained)[0]:.3f}")
+        if base:
+            parts.append(f"best baseline: {max(base)[1]} {max(base)[0]:.3f}")
+        lines.append(f"{pair}: " + "; ".join(parts) if parts else f"{pair}: no finished cell")
+    return "\n".join(lines)
+

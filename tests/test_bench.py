@@ -1,0 +1,138 @@
+"""`bbreprog bench`: the smoke suite runs from the CLI in a process pool, writes its table,
+JSON and plot, keeps every cell within its budget, resumes a half-finished suite by running
+only what is missing, and refuses a suite that cannot run before any cell starts."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from blackbox_reprog.bench import Cell, load_suite
+from blackbox_reprog.cli import main
+from blackbox_reprog.data import make_splits
+
+SMOKE = Path(__file__).parents[1] / "benchmarks" / "suites" / "smoke.toml"
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["bench", *map(str, args), "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    result = bench(SMOKE, "--out", out, "--jobs", 2)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result.output, json.loads((out / "results.json").read_text())
+
+
+def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
+    out, output, results = smoke
+    suite = load_suite(SMOKE)
+    assert len(results["cells"]) == len(suite.cells()) == 2 * (3 * 2 + 4 * 2 * 2)   # pairs × (baselines + trained)
+    done = [c for c in results["cells"] if c["status"] == "done"]
+    assert len(done) == 22 and results["ran"] == 22
+    assert {c["pair"] for c in done} == {"ItalyPowerDemand"}
+    assert results["skipped"] == {"Absent": "/nonexistent/dataset-for-the-smoke-suite is absent (nothing to install: "
+                                            "this pair shows how a missing dataset is skipped)"}
+    table = (out / "results.md").read_text()
+    for method in suite.methods:
+        assert f"| {method.label}" in table
+    assert "Skipped: /nonexistent/dataset-for-the-smoke-suite is absent" in table
+    assert (out / "ItalyPowerDemand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "Absent.png").exists()
+    assert "22 cells done (22 run now, 0 from an earlier run), 22 skipped" in output
+    summary = results["summary"]["ItalyPowerDemand"]
+    for name, by_budget in summary.items():
+        for entry in by_budget.values():
+            assert entry["n"] == 2 and 0 <= entry["mean"] <= 1 and entry["std"] >= 0
+
+
+def test_every_cell_keeps_within_its_budget_and_baselines_cost_what_they_should(smoke):
+    _, _, results = smoke
+    for cell in results["cells"]:
+        if cell["status"] != "done":
+            continue
+        if cell["method"] == "scratch":
+            assert cell["queries"] == cell["test_queries"] == 0                 # no query at all
+        elif cell["method"] in ("zero-frequency", "linear-head"):
+            assert cell["budget"] is None and cell["steps"] == 0
+            assert cell["queries"] == len(make_splits("ItalyPowerDemand", validation_fraction=0.25,
+                                                      seed=cell["seed"]).train) > 0   # the map fit, nothing more
+        else:
+            assert 0 < cell["queries"] <= cell["budget"] and cell["steps"] > 0
+
+
+def test_a_half_finished_suite_resumes_running_only_what_is_missing(smoke, tmp_path):
+    out, _, before = smoke
+    copy = tmp_path / "smoke"
+    shutil.copytree(out, copy)
+    lost = Cell("ItalyPowerDemand", "zo-random", 1500, 1)
+    (copy / "cells" / lost.id / "cell.json").unlink()                   # as if killed during that cell
+    result = bench(SMOKE, "--out", copy, "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    assert "22 cells done (1 run now, 21 from an earlier run), 22 skipped" in result.output
+    after = json.loads((copy / "results.json").read_text())
+    rerun = next(c for c in after["cells"] if c["id"] == lost.id)
+    original = next(c for c in before["cells"] if c["id"] == lost.id)
+    assert rerun["test_accuracy"] == original["test_accuracy"] and rerun["queries"] == original["queries"]
+
+
+def test_a_cell_whose_config_changed_runs_again(smoke, tmp_path):
+    out, _, _ = smoke
+    copy = tmp_path / "smoke"
+    shutil.copytree(out, copy)
+    suite = tmp_path / "smoke.toml"
+    suite.write_text(SMOKE.read_text().replace('label = "ZO SPSA-GC"', 'label = "ZO SPSA-GC"\nestimator.smoothing = 0.02'))
+    result = bench(suite, "--out", copy, "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    assert "(4 run now, 18 from an earlier run)" in result.output        # 2 budgets × 2 seeds of that method
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: text.replace('[methods.zo-random]', '[methods.zo-random]\nestimator.kinds = "random"'),
+     "expected a valid config for cell ItalyPowerDemand/zo-random/1500-s0 of "),
+    (lambda text: text.replace('[methods.zo-random]', '[methods.zo-random]\nestimator.kind = "newton"'),
+     "expected cell ItalyPowerDemand/zo-random/4000-s0 of "),
+    (lambda text: text.replace('baseline = "scratch"', 'baseline = "forest"'),
+     "expected methods.scratch.baseline among zero, scratch, got 'forest'"),
+    (lambda text: text.replace("budgets = [1_500, 4_000]", "budgets = [1_500, -4]"),
+     "expected budgets, a list of positive integers, got [1500, -4] in "),
+    (lambda text: "repeats = 3\n" + text, "expected suite keys among "),
+])
+def test_a_suite_that_cannot_run_is_refused_before_any_cell(tmp_path, change, message):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(change(SMOKE.read_text()))
+    out = tmp_path / "out"
+    result = bench(suite, "--out", out)
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}"), result.output
+    assert result.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_without_ray_the_ray_executor_is_one_sentence(tmp_path):
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed here")
+    except ImportError:
+        pass
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SMOKE.read_text())
+    result = bench(suite, "--out", tmp_path / "out", "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.stderr == ("error: expected Ray installed for --executor ray (pip install 'blackbox-reprog[ray]'), "
+                             "got no module named ray\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_suite_is_narrowed_to_some_budgets_seeds_pairs_and_methods():
+    from blackbox_reprog.bench import SuiteError, restricted
+    suite = restricted(load_suite(SMOKE), budgets="4000,1_500", seeds="3", pairs="ItalyPowerDemand",
+                       methods="scratch,zo-random")
+    assert [c.id for c in suite.cells()] == ["ItalyPowerDemand/scratch/any-s3", "ItalyPowerDemand/zo-random/1500-s3",
+                                            "ItalyPowerDemand/zo-random/4000-s3"]
+    with pytest.raises(SuiteError, match="expected --methods among zero-frequency, linear-head, scratch, zo-random, "
+                                         "zo-spsa-gc, cma, whitebox, got 'zo'"):
+        restricted(load_suite(SMOKE), methods="zo")
+    with pytest.raises(SuiteError, match="expected --budgets as comma-separated positive integers, got '0,10'"):
+        restricted(load_suite(SMOKE), budgets="0,10")
