@@ -6,15 +6,20 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
+# read once, at import: setting the umask to read it is a process-wide race between threads
+UMASK = _read_umask()
+
+
+def atomic_write(path: Path, payload: bytes, *, replace: bool = True) -> bool:
     """Temp file in the same folder, fsync, replace, fsync the folder: a reader sees the old
-    file or the new one, never half of one, even across a crash."""
+    file or the new one, never half of one, even across a crash. ``replace=False`` keeps a
+    file already there (and returns False) instead of replacing it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -22,8 +27,16 @@ def atomic_write(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; match an ordinary file
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~UMASK)             # mkstemp makes 0600; match an ordinary file
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)                # fails if the name exists: never overwrites
+            except FileExistsError:
+                return False
+            finally:
+                Path(tmp).unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -32,3 +45,4 @@ def atomic_write(path: Path, payload: bytes) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+    return True

@@ -13,7 +13,10 @@ names the logical query:
   still unread has drifted (code, data or model changed) and is refused;
 - every attempt an earlier process made beyond the one answer the replay reads back (its
   retries; calls in flight when it died, unless the API honours idempotency keys) was
-  possibly billed, so it is booked against the budget before the replay starts;
+  possibly billed, so it is booked against the budget when the replay reaches that call,
+  before the call's batch is admitted — the replay then counts exactly as the interrupted
+  run did, and a call lost in flight costs the replay its examples (after such a loss, the
+  rest of what earlier processes sent is booked at once: the replay may now end sooner);
 - a call that was in flight when the process died is sent again under the same key, which
   an API honouring idempotency keys recognises and does not bill twice.
 
@@ -39,6 +42,7 @@ import numpy as np
 
 from .backend import OUTPUT_KINDS, Backend, Prediction
 from .files import atomic_write
+from .ledger import PURPOSES
 
 JOURNAL = "journal.jsonl"
 ANSWERS = "answers"
@@ -89,7 +93,7 @@ def _well_formed(record: object) -> bool:
     kind = record.get("kind")
     if kind in ATTEMPTS:
         n = record.get("n")
-        return isinstance(n, int) and not isinstance(n, bool) and n > 0 and isinstance(record.get("purpose"), str)
+        return isinstance(n, int) and not isinstance(n, bool) and n > 0 and record.get("purpose") in PURPOSES
     if kind == "result":
         return isinstance(record.get("digest"), str) and _KEY.fullmatch(record["digest"]) is not None
     return kind == "failed" and isinstance(record.get("error"), str)
@@ -124,25 +128,6 @@ class Journal:
         self.lost = [r for r in records if r["kind"] == "intent" and r["key"] not in self.results]
         self.records = len(records)
         self._lock = threading.Lock()
-
-    def unbooked_spending(self, idempotent: bool) -> dict[str, dict[str, int]]:
-        """Per purpose, the calls and examples earlier processes sent that a replay will not
-        book again: the replay books one first attempt per answered key (read back) and buys
-        the unanswered ones anew, so the rest are retries and calls whose answer was lost —
-        billed unless the API honours idempotency keys (then a resend of a key is free)."""
-        spending: dict[str, dict[str, int]] = {}
-        read_back = set()
-        for record in self.earlier_attempts:
-            key = record["key"]
-            if record["kind"] == "intent" and key in self.results and key not in read_back:
-                read_back.add(key)                         # the one the replay books as it reads it back
-                continue
-            if record["kind"] == "intent" and idempotent:
-                continue                                   # the same key again: not billed again
-            booked = spending.setdefault(record["purpose"], {"calls": 0, "queries": 0})
-            booked["calls"] += 1
-            booked["queries"] += record["n"]
-        return spending
 
     def intent(self, key: str, purpose: str, examples: int) -> None:
         self._append({"kind": "intent", "key": key, "purpose": purpose, "n": int(examples)})
@@ -226,8 +211,14 @@ class AnswerStore:
         """The digest of a stored answer's bytes, as ``put`` returned it."""
         return hashlib.sha256(self._path(key).read_bytes()).hexdigest()
 
-    def put(self, key: str, answer: Prediction) -> str:
-        """Store an answer; returns the digest of the bytes stored (for the result record)."""
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def put(self, key: str, answer: Prediction) -> tuple[str, bool]:
+        """Store an answer; returns the digest of the bytes stored (for the result record) and
+        whether they are this answer's: a store shared between runs keeps the answer another
+        run stored first under the same key (a model need not answer bit for bit alike twice),
+        so that every journal's digest of it stays true."""
         arrays = {"kind": np.array(answer.kind), "num_classes": np.array(answer.num_classes)}
         if answer.scores is not None:
             arrays["scores"] = answer.scores
@@ -236,8 +227,9 @@ class AnswerStore:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         payload = buffer.getvalue()
-        atomic_write(self._path(key), payload)
-        return hashlib.sha256(payload).hexdigest()
+        if not atomic_write(self._path(key), payload, replace=False):
+            return self.digest(key), False
+        return hashlib.sha256(payload).hexdigest(), True
 
 
 # ---- the two together, between the ledger and the backend ----------------------------------------
@@ -253,16 +245,63 @@ class Recorder:
         workers = int(getattr(backend, "concurrency", 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bbreprog-journal") if workers > 1 else None
         self._unanswered = {r["key"] for r in journal.lost}    # intents an earlier process left open
-        self._sent_before = {r["key"] for r in journal.earlier_attempts}
         self._unread = set(journal.results)                   # answers earlier processes bought, not yet replayed
-        #: what earlier processes sent that the replay will not book again (see Journal.unbooked_spending)
+        self._earlier: dict[str, list[dict]] = {}             # key -> what earlier processes sent, not yet booked
+        for record in journal.earlier_attempts:
+            self._earlier.setdefault(record["key"], []).append(record)
+        self._sent_before = set(self._earlier)
+        self._diverged = False                                # the replay may now end differently
+        self._keys: tuple[np.ndarray, list[str]] | None = None
+        #: the endpoint bills a call resent under its key once (declared by the backend's config)
         self.idempotent = bool(getattr(backend, "honours_idempotency", False))
-        self.earlier_spending = journal.unbooked_spending(self.idempotent)
+        self.ledger = None                                    # set by Ledger.record_with
+        self.earlier_booked = {"calls": 0, "queries": 0}
 
-    def query(self, x: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
+    def _chunk_keys(self, x: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+        """The calls ``x`` is split into (as the backend would split it) and their keys."""
         size = self.backend.max_batch
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
+        if self._keys is not None and self._keys[0] is x:    # asked by book_earlier, then by query
+            return chunks, self._keys[1]
         keys = [query_key(self.backend.model_id, chunk) for chunk in chunks]
+        self._keys = (x, keys)
+        return chunks, keys
+
+    # ---- what earlier processes of this run sent ------------------------------------------------
+    def book_earlier(self, x: np.ndarray) -> None:
+        """Before the ledger admits a batch: book what earlier processes sent for its calls
+        beyond the one answer the replay reads back — their retries, and (unless the endpoint
+        honours idempotency keys) the sends whose answer was lost."""
+        for key in dict.fromkeys(self._chunk_keys(x)[1]):
+            self._book_earlier(key)
+
+    def _book_earlier(self, key: str) -> None:
+        records = self._earlier.pop(key, None)
+        if not records:
+            return
+        read_back = key in self.journal.results or self.store.has(key)   # one send of it paid for this answer
+        lost = False
+        for record in records:
+            if record["kind"] == "intent" and read_back:
+                read_back = False                          # the replay books that one as it reads it back
+                continue
+            if record["kind"] == "intent" and self.idempotent:
+                continue                                   # resent under the same key: not billed again
+            self.ledger.book_spent(record["purpose"], record["n"])
+            self.earlier_booked["calls"] += 1
+            self.earlier_booked["queries"] += record["n"]
+            lost |= record["kind"] == "intent"
+        if lost and not self._diverged:
+            # the replay has less to spend than the interrupted run had: it may stop sooner and
+            # never reach the rest, so the rest of what was spent is booked now
+            self._diverged = True
+            for other in list(self._earlier):
+                self._book_earlier(other)
+
+    # ---- a batch -------------------------------------------------------------------------------
+    def query(self, x: np.ndarray, purpose: str, on_send: Callable[..., None]) -> Prediction:
+        chunks, keys = self._chunk_keys(x)
+        self._keys = None
         # an answer stored before its result record was written (killed in between) was paid: use it
         answers: list[Prediction | None] = [self._read_back(key, len(chunk)) for key, chunk in zip(keys, chunks)]
         for key, chunk, answer in zip(keys, chunks, answers):
@@ -309,10 +348,11 @@ class Recorder:
 
     def _refuse_drift(self, missing: list[str], keys: list[str]) -> None:
         """A replay asks again, in order, for what the interrupted run asked; a query it never
-        made, while answers it bought are still unread, means the replay went another way."""
+        made, while answers it bought are still unread, means the replay went another way —
+        unless a call lost in flight left it less to spend (then it may end sooner)."""
         self._unread.difference_update(keys)
         new = [key for key in missing if key not in self._sent_before]
-        if new and self._unread:
+        if new and self._unread and not self._diverged:
             raise JournalError(
                 f"expected the resumed run to ask for the queries the interrupted run made, got a new one while "
                 f"{len(self._unread)} of the answers it bought are unread: the code, the data or the model changed "
@@ -331,8 +371,10 @@ class Recorder:
         except BaseException as error:
             self.journal.failed(key, error)
             raise
-        self.journal.result(key, self.store.put(key, answer))
-        return answer
+        digest, ours = self.store.put(key, answer)
+        self.journal.result(key, digest)
+        # another run sharing the store bought this key first: its answer is the one kept
+        return answer if ours else self._read_back(key, len(chunk))
 
     def summary(self, ledger: dict) -> dict:
         """For result.json: what the journal saw across every process of this run."""
@@ -341,7 +383,6 @@ class Recorder:
         intents = [r for r in records if r["kind"] == "intent"]
         sent = Counter(r["key"] for r in intents)
         resent = [r for r in intents if sent[r["key"]] > 1]
-        earlier = self.earlier_spending.values()
         return {
             "file": JOURNAL, "records": len(records), "answers_from_store": ledger["total"]["stored"],
             # calls a process died with in flight, sent again under the same key by a later one
@@ -350,9 +391,7 @@ class Recorder:
                 "queries": sum(r["n"] for r in resent) - sum({r["key"]: r["n"] for r in resent}.values())},
             "failed_calls": sum(r["kind"] == "failed" for r in records),
             # what earlier processes sent beyond the answers read back, booked as retried
-            "earlier_attempts_booked": {"calls": sum(b["calls"] for b in earlier),
-                                        "queries": sum(b["queries"] for b in earlier),
-                                        "endpoint_honours_idempotency": self.idempotent},
+            "earlier_attempts_booked": {**self.earlier_booked, "endpoint_honours_idempotency": self.idempotent},
         }
 
     def close(self) -> None:

@@ -55,14 +55,17 @@ class Ledger:
         self._lock = threading.Lock()          # a remote backend books from several threads
 
     def record_with(self, recorder) -> None:
-        """Journal every call through ``recorder``, and book now what earlier processes of
-        this run sent that its replay will not book again (retries, answers lost in flight):
-        already spent, so booked without asking the budget."""
+        """Journal every call through ``recorder`` (a journal.Recorder), which also books what
+        earlier processes of this run sent (``book_spent``) as the replay reaches it."""
         self.recorder = recorder
-        for purpose, spent in recorder.earlier_spending.items():
-            tally = self.tallies[purpose]
-            tally.retried += spent["queries"]
-            tally.calls += spent["calls"]
+        recorder.ledger = self
+
+    def book_spent(self, purpose: str, queries: int) -> None:
+        """One call an earlier process of this run sent, possibly billed, that the replay
+        will not send again: booked as retried, without asking the budget — it is spent."""
+        with self._lock:
+            self.tallies[purpose].retried += queries
+            self.tallies[purpose].calls += 1
 
     @property
     def spent(self) -> int:
@@ -86,6 +89,8 @@ class Ledger:
 
     def query(self, x: np.ndarray, purpose: str) -> Prediction:
         self.backend.input_spec.check(x)
+        if self.recorder is not None:                # what earlier processes spent on these calls counts first
+            self.recorder.book_earlier(x)
         self._admit(len(x), purpose)                 # the whole batch must fit before any call
         tally = self.tallies[purpose]
         unsent = [len(x)]                            # admitted first attempts not yet sent

@@ -230,7 +230,8 @@ class Run:
         if mode == "off" or (mode == "auto" and not backend.remote):
             return None
         store = Path(self.config.train.answer_store).expanduser() if self.config.train.answer_store else self.run_dir / ANSWERS
-        return Recorder(backend, Journal(self.run_dir / JOURNAL), AnswerStore(store))
+        answers = AnswerStore(store)                  # before the journal: nothing to close if it fails
+        return Recorder(backend, Journal(self.run_dir / JOURNAL), answers)
 
     def execute(self, run_dir: Path | None = None, *, resume: bool = False, plot: bool = True) -> tuple[Path, dict]:
         """Train and write the run folder. ``resume``: ``run_dir`` holds an interrupted run of

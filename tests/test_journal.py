@@ -322,8 +322,9 @@ def predictions(draw):
 @given(answer=predictions())
 def test_a_stored_answer_reads_back_bit_for_bit(tmp_path, answer):
     store = AnswerStore(tmp_path / "answers")
-    digest = store.put(KEY_B, answer)
-    assert digest == hashlib.sha256((store.folder / KEY_B[:2] / f"{KEY_B}.npz").read_bytes()).hexdigest()
+    shutil.rmtree(store.folder / KEY_B[:2], ignore_errors=True)       # the folder outlives each example
+    digest, ours = store.put(KEY_B, answer)
+    assert ours and digest == hashlib.sha256((store.folder / KEY_B[:2] / f"{KEY_B}.npz").read_bytes()).hexdigest()
     back = store.get(KEY_B)
     assert (back.kind, back.num_classes) == (answer.kind, answer.num_classes)
     for mine, theirs in ((answer.scores, back.scores), (answer.labels, back.labels)):
@@ -463,6 +464,8 @@ def test_a_stored_answer_changed_since_it_was_bought_is_refused_before_any_query
     records, _ = read_journal(folder / JOURNAL)
     key = next(r["key"] for r in records if r["kind"] == "result")
     answer = AnswerStore(store).get(key)
+    path = store / key[:2] / f"{key}.npz"
+    path.unlink()
     AnswerStore(store).put(key, Prediction(answer.kind, answer.num_classes, scores=answer.scores + 1.0))
     reset_calls()
     with pytest.raises(JournalError, match=f"expected the stored answer {store / key[:2] / key}.npz to match its "
@@ -517,3 +520,24 @@ def test_a_relative_answer_store_is_written_to_config_toml_as_an_absolute_path(t
     Run(tiny_config("shared", max_steps=1)).execute(tmp_path / "run")
     saved = load_config(tmp_path / "run" / "config.toml")
     assert saved.train.answer_store == str(tmp_path / "shared") and any((tmp_path / "shared").iterdir())
+
+
+def test_a_shared_store_keeps_the_answer_stored_first(tmp_path):
+    """Two runs sharing a store buy the same key at once, and the model answers a little
+    differently the second time: the first answer stored stays (the first run's journal
+    digest stays true) and the second run journals and uses that one too."""
+    from blackbox_reprog.journal import Recorder
+    store = AnswerStore(tmp_path / "answers")
+    x = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
+    key = query_key("shared-model", x)
+    first_digest, ours = store.put(key, Prediction("logits", 32, scores=signal_model(x)))
+    assert ours
+    drifting = CallableBackend(lambda batch: signal_model(batch) + 0.5, input_shape=(1024,), num_classes=32,
+                               model_id="shared-model")
+    recorder = Recorder(drifting, Journal(tmp_path / JOURNAL), store)
+    answer = recorder._buy(key, x, "train", lambda *args, **kwargs: None)   # it looked before the other stored
+    recorder.close()
+    records, _ = read_journal(tmp_path / JOURNAL)
+    assert records[-1] == {"kind": "result", "key": key, "digest": first_digest} == {
+        "kind": "result", "key": key, "digest": store.digest(key)}
+    np.testing.assert_array_equal(answer.scores, signal_model(x))
