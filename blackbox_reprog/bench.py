@@ -49,6 +49,7 @@ from typing import Callable
 
 from .config import ConfigError, RunConfig, _flatten, load_config, merge, to_toml
 from .files import atomic_write
+from .journal import JOURNAL
 
 BASELINES = ("zero", "scratch")
 EXECUTORS = ("process", "serial", "ray")
@@ -123,8 +124,6 @@ class Suite:
         # its run config's budget is no limit (it must only admit one step it never takes)
         budget = 10**12 if cell.budget is None else cell.budget
         values.update(seed=cell.seed, budget=budget, out=str(out), name="run")
-        values.setdefault("train", {})
-        values["train"] = {**values["train"], "journal": "off"}
         return load_config(base=values)
 
     def missing(self, pair: Pair) -> str:
@@ -151,8 +150,8 @@ def load_suite(path: str | Path) -> Suite:
     budgets, seeds = table.get("budgets", []), table.get("seeds", [0])
     if not budgets or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets):
         raise SuiteError(f"expected budgets, a list of positive integers, got {budgets!r} in {path}")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SuiteError(f"expected seeds, a list of integers, got {seeds!r} in {path}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise SuiteError(f"expected seeds, a list of distinct integers, got {seeds!r} in {path}")
     pairs = tuple(Pair(name, settings, requires=str(extra.get("requires", "")), install=str(extra.get("install", "")))
                   for name, settings, extra in _entries(table, "pairs", ("requires", "install"), path))
     methods = []
@@ -181,9 +180,9 @@ def restricted(suite: Suite, *, budgets: str | None = None, seeds: str | None = 
             values = tuple(int(part) for part in text.replace("_", "").split(","))
         except ValueError:
             values = ()
-        if not values or (positive and min(values) <= 0):
-            raise SuiteError(f"expected --{what} as comma-separated {'positive ' if positive else ''}integers, "
-                             f"got {text!r}")
+        if not values or (positive and min(values) <= 0) or len(set(values)) < len(values):
+            raise SuiteError(f"expected --{what} as comma-separated distinct {'positive ' if positive else ''}"
+                             f"integers, got {text!r}")
         return values
     if budgets is not None:
         suite = dataclasses.replace(suite, budgets=tuple(sorted(set(integers(budgets, "budgets", True)))))
@@ -235,9 +234,10 @@ def _entries(table: dict, section: str, extras: tuple[str, ...], path: Path):
 
 
 # ---- running one cell (in a worker process) --------------------------------------------------
-def cell_digest(config: RunConfig) -> str:
-    """What makes a cell's result: its whole config but the folder it is written to."""
-    text = to_toml(dataclasses.replace(config, out="", name=""))
+def cell_digest(config: RunConfig, baseline: str) -> str:
+    """What makes a cell's result: its whole config but the folder it is written to, and what
+    is done with it (a baseline or a trained program)."""
+    text = f"baseline = {baseline!r}\n" + to_toml(dataclasses.replace(config, out="", name=""))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -246,11 +246,15 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     suite = load_suite(suite_path)
     folder = Path(out) / "cells" / cell.id
     config = suite.config(cell, folder)
-    record = {**dataclasses.asdict(cell), "id": cell.id, "config_digest": cell_digest(config)}
-    if folder.exists():                           # a cell cut short by an earlier run of the suite
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
     method = suite.method(cell.method)
+    record = {**dataclasses.asdict(cell), "id": cell.id, "config_digest": cell_digest(config, method.baseline)}
+    # a trained cell cut short by an earlier run of the suite resumes from its journal (what it
+    # paid for is read back); anything else cut short starts again
+    resume = (not method.baseline and (folder / JOURNAL).is_file() and (folder / "config.toml").is_file()
+              and (folder / "config.toml").read_text() == to_toml(config))
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if method.baseline == "scratch":
         from .data import make_splits
@@ -282,7 +286,7 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
         except BudgetTooSmall as error:            # this method's one step costs more than the budget
             shutil.rmtree(folder)
             return {**record, "status": "skipped", "reason": str(error)}
-        _, summary = job.execute(folder, plot=False)
+        _, summary = job.execute(folder, resume=resume, plot=False)
         record.update(test_accuracy=summary["test_accuracy"], start_accuracy=summary["start_accuracy"],
                       queries=summary["budgeted_queries"], test_queries=summary["queries"]["test"],
                       steps=summary["steps"], stopped=summary["stopped"])
@@ -301,20 +305,24 @@ def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
     except ValueError:
         return None
     config = suite.config(cell, out / "cells" / cell.id)
-    return record if record.get("config_digest") == cell_digest(config) else None
+    digest = cell_digest(config, suite.method(cell.method).baseline)
+    return record if record.get("status") == "done" and record.get("config_digest") == digest else None
 
 
 # ---- running a suite --------------------------------------------------------------------------
 def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "process",
               on_event: Callable[[str, str, dict], None] | None = None) -> dict:
     """Run every cell not already finished, ``jobs`` at a time; write the results; return them.
-    ``on_event(kind, cell_id, info)`` hears "start", "progress", "done", "skipped", "resumed"."""
+    A cell that fails is recorded as failed (its error in one line) and the others go on.
+    ``on_event(kind, cell_id, info)`` hears "start", "progress", "done", "skipped", "failed",
+    "resumed"."""
     if executor not in EXECUTORS:
         raise SuiteError(f"expected an executor among {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "ray":
         _ray()
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(suite.path, out / "suite.toml")
+    if not (out / "suite.toml").exists() or not (out / "suite.toml").samefile(suite.path):
+        shutil.copyfile(suite.path, out / "suite.toml")
     event = on_event or (lambda *args: None)
     records: dict[str, dict] = {}
     todo = []
@@ -332,20 +340,31 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
     jobs = jobs or os.cpu_count() or 1
     started = time.perf_counter()
     run = {"process": _in_processes, "serial": _in_this_process, "ray": _in_ray}[executor]
+    ran = 0
     for record in run(suite, todo, out, jobs, event):
         records[record["id"]] = record
+        ran += record["status"] == "done"
         event(record["status"], record["id"], record)
     results = summarise(suite, [records[c.id] for c in suite.cells()], out)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["ran"] = len(todo)                    # cells run now; the others finished before or were skipped
+    results["ran"] = ran                          # cells finished now; the others finished before or were not run
     write_results(suite, results, out)
     return results
+
+
+def failed(cell: Cell, error: BaseException) -> dict:
+    """The record of a cell whose run raised (or whose worker died)."""
+    return {**dataclasses.asdict(cell), "id": cell.id, "status": "failed",
+            "reason": f"{type(error).__name__}: {error}".strip().splitlines()[0]}
 
 
 def _in_this_process(suite, cells, out, jobs, event):
     for cell in cells:
         event("start", cell.id, {})
-        yield run_cell(str(suite.path), cell, str(out), lambda cid, info: event("progress", cid, info))
+        try:
+            yield run_cell(str(suite.path), cell, str(out), lambda cid, info: event("progress", cid, info))
+        except Exception as error:
+            yield failed(cell, error)
 
 
 def _in_processes(suite, cells, out, jobs, event):
@@ -371,8 +390,11 @@ def _in_processes(suite, cells, out, jobs, event):
                     break
                 event(kind, cell_id, info)
             for future in done:
-                pending.pop(future)
-                yield future.result()
+                cell = pending.pop(future)
+                try:
+                    yield future.result()
+                except Exception as error:         # the cell raised, or its worker died (BrokenProcessPool)
+                    yield failed(cell, error)
 
 
 def _worker_init(jobs: int) -> None:
@@ -401,8 +423,11 @@ def _in_ray(suite, cells, out, jobs, event):
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            pending.pop(ref)
-            yield ray.get(ref)
+            cell = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+            except Exception as error:
+                yield failed(cell, error)
 
 
 def _ray():
@@ -501,6 +526,10 @@ def markdown(suite: Suite, results: dict) -> str:
             label = method.label + (f" ({cost['queries']:,.0f} q)" if method.baseline and cost else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", f"![{pair.name}]({pair.name}.png)", ""]
+    failures = [c for c in results["cells"] if c["status"] == "failed"]
+    if failures:
+        lines += ["## Failed cells", "", "Not in the tables; the same command runs them again.", ""]
+        lines += [f"- `{c['id']}`: {c['reason']}" for c in failures] + [""]
     return "\n".join(lines)
 
 
@@ -517,7 +546,7 @@ def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:
         colour = f"C{index % 10}"
         if method.baseline:
             entry = entries.get("any")
-            if entry:
+            if entry and entry["queries"] <= highest:
                 start = max(entry["queries"], lowest / 2)
                 ax.hlines(entry["mean"], start, highest * 1.5, colors=colour, linestyles="--",
                           label=f"{method.label} ({entry['mean']:.3f})")

@@ -236,15 +236,17 @@ def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet
                             on_event=progress.event if progress else None)
     except SuiteError as error:
         _fail(str(error))
-    except Exception as error:               # a cell failed: the finished ones are kept for the next run
-        _fail(f"the suite stopped: {type(error).__name__}: {error}; run the same command again to resume", code=1)
     finally:
         if progress:
             progress.close()
     click.echo(headline(results))
-    done = sum(c["status"] == "done" for c in results["cells"])
-    click.echo(f"{done} cells done ({results['ran']} run now, {done - results['ran']} from an earlier run), "
-               f"{len(results['cells']) - done} skipped, in {results['seconds']:.0f} s; results: {folder / 'results.md'}")
+    count = {status: sum(c["status"] == status for c in results["cells"]) for status in ("done", "skipped", "failed")}
+    click.echo(f"{count['done']} cells done ({results['ran']} run now, {count['done'] - results['ran']} from an "
+               f"earlier run), {count['skipped']} skipped, {count['failed']} failed, in {results['seconds']:.0f} s; "
+               f"results: {folder / 'results.md'}")
+    if count["failed"]:
+        failures = "; ".join(f"{c['id']}: {c['reason']}" for c in results["cells"] if c["status"] == "failed")
+        _fail(f"{count['failed']} cells failed ({failures}); run the same command again to retry them", code=1)
 
 
 class _BenchProgress:
@@ -264,7 +266,7 @@ class _BenchProgress:
             bar = self.running[cell_id]
             bar.total = info["budget"]
             bar.update(info["queries"] - bar.n)
-        elif kind in ("done", "skipped", "resumed"):
+        elif kind in ("done", "skipped", "failed", "resumed"):
             bar = self.running.pop(cell_id, None)
             if bar is not None:
                 bar.close()

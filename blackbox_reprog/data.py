@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -295,8 +296,9 @@ def _read_idx_folder(folder: Path, train_size: int = 0, test_size: int = 0) -> R
             if prefix == "t10k" and images_path is labels_path is None:
                 halves.append(None)                 # no test half: one is split off later
                 continue
+            found = "neither" if images_path is labels_path is None else "only one of them"
             raise DataError(f"Expected {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (or .gz) "
-                            f"in {folder}, but found only one of them.")
+                            f"in {folder}, but found {found}.")
         images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
         if len(images) != len(labels):
             raise DataError(f"Expected as many labels as images in {folder} ({prefix}), but found "
@@ -313,7 +315,7 @@ def _read_idx(path: Path, dims: int) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:    # zlib.error: a damaged .gz body
         raise DataError(f"Expected a readable IDX file at {path.name}, but reading failed ({exc}).") from None
     header = 4 + 4 * dims
     if len(raw) < header or raw[:3] != b"\0\0\x08" or raw[3] != dims:

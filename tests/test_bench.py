@@ -42,7 +42,7 @@ def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
     assert "Skipped: /nonexistent/dataset-for-the-smoke-suite is absent" in table
     assert (out / "ItalyPowerDemand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "Absent.png").exists()
-    assert "22 cells done (22 run now, 0 from an earlier run), 22 skipped" in output
+    assert "22 cells done (22 run now, 0 from an earlier run), 22 skipped, 0 failed" in output
     summary = results["summary"]["ItalyPowerDemand"]
     for name, by_budget in summary.items():
         for entry in by_budget.values():
@@ -99,6 +99,8 @@ def test_a_cell_whose_config_changed_runs_again(smoke, tmp_path):
      "expected methods.scratch.baseline among zero, scratch, got 'forest'"),
     (lambda text: text.replace("budgets = [1_500, 4_000]", "budgets = [1_500, -4]"),
      "expected budgets, a list of positive integers, got [1500, -4] in "),
+    (lambda text: text.replace("seeds = [0, 1]", "seeds = [0, 0]"),
+     "expected seeds, a list of distinct integers, got [0, 0] in "),
     (lambda text: "repeats = 3\n" + text, "expected suite keys among "),
 ])
 def test_a_suite_that_cannot_run_is_refused_before_any_cell(tmp_path, change, message):
@@ -134,5 +136,65 @@ def test_a_suite_is_narrowed_to_some_budgets_seeds_pairs_and_methods():
     with pytest.raises(SuiteError, match="expected --methods among zero-frequency, linear-head, scratch, zo-random, "
                                          "zo-spsa-gc, cma, whitebox, got 'zo'"):
         restricted(load_suite(SMOKE), methods="zo")
-    with pytest.raises(SuiteError, match="expected --budgets as comma-separated positive integers, got '0,10'"):
+    with pytest.raises(SuiteError, match="expected --budgets as comma-separated distinct positive integers, got '0,10'"):
         restricted(load_suite(SMOKE), budgets="0,10")
+    with pytest.raises(SuiteError, match="expected --seeds as comma-separated distinct integers, got '1,1'"):
+        restricted(load_suite(SMOKE), seeds="1,1")
+
+
+def journalled_suite(folder: Path) -> Path:
+    """The smoke suite's ZO method alone, one budget and seed, with the journal on (as a
+    remote backend has it by default)."""
+    suite = folder / "journalled.toml"
+    suite.write_text(SMOKE.read_text().replace('budgets = [1_500, 4_000]', 'budgets = [1_500]')
+                     .replace('seeds = [0, 1]', 'seeds = [0]')
+                     .replace('train = { batch_size = 32, eval_every = 5 }',
+                              'train = { batch_size = 32, eval_every = 5, journal = "on" }'))
+    return suite
+
+
+def test_a_journalled_cell_cut_short_resumes_from_its_journal(tmp_path):
+    suite, out = journalled_suite(tmp_path), tmp_path / "out"
+    result = bench(suite, "--out", out, "--pairs", "ItalyPowerDemand", "--methods", "zo-random", "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    cell = out / "cells" / "ItalyPowerDemand" / "zo-random" / "1500-s0"
+    first = json.loads((cell / "cell.json").read_text())
+    (cell / "cell.json").unlink()                                         # as if killed after its last query
+    (cell / "result.json").unlink()
+    result = bench(suite, "--out", out, "--pairs", "ItalyPowerDemand", "--methods", "zo-random", "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    again = json.loads((cell / "cell.json").read_text())
+    journal = json.loads((cell / "result.json").read_text())["journal"]
+    assert journal["answers_from_store"] == first["queries"] + first["test_queries"] > 0    # nothing bought twice
+    assert again["test_accuracy"] == first["test_accuracy"] and again["queries"] == first["queries"]
+
+
+def test_a_failing_cell_is_recorded_and_the_others_still_run(tmp_path):
+    suite, out = journalled_suite(tmp_path), tmp_path / "out"
+    cell = out / "cells" / "ItalyPowerDemand" / "zo-random" / "1500-s0"
+    result = bench(suite, "--out", out, "--pairs", "ItalyPowerDemand", "--methods", "zo-random", "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    (cell / "cell.json").unlink()
+    lines = (cell / "journal.jsonl").read_bytes().split(b"\n")
+    lines[1] = b"{damaged"                                                # a corrupt record mid-journal
+    (cell / "journal.jsonl").write_bytes(b"\n".join(lines))
+    result = bench(suite, "--out", out, "--pairs", "ItalyPowerDemand", "--methods", "zero-frequency,zo-random",
+                   "--jobs", 2)
+    assert result.exit_code == 1
+    assert "1 cells done (1 run now, 0 from an earlier run), 0 skipped, 1 failed" in result.output
+    assert result.stderr.startswith("error: 1 cells failed (ItalyPowerDemand/zo-random/1500-s0: JournalError: ")
+    results = json.loads((out / "results.json").read_text())
+    failed = [c for c in results["cells"] if c["status"] == "failed"]
+    assert [c["id"] for c in failed] == ["ItalyPowerDemand/zo-random/1500-s0"]
+    assert "line 2" in failed[0]["reason"]
+    assert "## Failed cells" in (out / "results.md").read_text()
+    assert results["summary"]["ItalyPowerDemand"]["zero-frequency"]["any"]["n"] == 1
+
+
+def test_a_suite_run_from_its_own_results_folder_resumes(smoke, tmp_path):
+    out, _, _ = smoke
+    copy = tmp_path / "smoke"
+    shutil.copytree(out, copy)
+    result = bench(copy / "suite.toml", "--out", copy, "--executor", "serial")
+    assert result.exit_code == 0, result.output
+    assert "22 cells done (0 run now, 22 from an earlier run), 22 skipped, 0 failed" in result.output
