@@ -187,22 +187,85 @@ def evaluate(run_dir, data_name):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("inputs")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write predictions to this CSV.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the predictions to this .csv or .json file instead of stdout.")
 def predict(run_dir, inputs, output):
-    """Predict target labels for INPUTS (a dataset name, .npz, .ts or .txt file)."""
+    """Predict target labels for INPUTS: a dataset name or path (its test split), an .npz
+    (x_test or x) or .npy array, a .csv or .txt file of series (one per line), or image files
+    (or a folder of them). One query per input, counted under 'test', outside the budget."""
+    from .backend import BackendUnavailable
+    from .predict import predict as predict_inputs
+    from .predict import read_inputs
     from .program import load_program
+    if output and Path(output).suffix.lower() not in (".csv", ".json"):
+        _fail(f"expected --output ending in .csv or .json, got {Path(output).name}")
     try:
         program = load_program(run_dir)
-        labels, queries = program.predict_dataset(inputs)
     except _refusals() as error:
         _fail(str(error))
-    text = "index,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels))
-    if output:
-        Path(output).write_text(text)
-        click.echo(f"{len(labels)} predictions written to {output} ({queries} queries)")
-    else:
-        click.echo(text, nl=False)
+    try:
+        x, names = read_inputs(inputs, program.transform.target_shape)
+        result = predict_inputs(program, x, names)      # every input checked before the first query
+    except _refusals() as error:
+        _fail(str(error))
+    except BackendUnavailable as error:
+        _fail(f"the model is unavailable: {error}; try again later", code=3)
+    except Exception as error:               # failed while predicting: say so in one sentence
+        _fail(f"the prediction stopped: {type(error).__name__}: {error}", code=1)
+    finally:
+        program.backend.close()
+    spent = f"{result.queries:,} queries spent"
+    if result.retried:
+        spent += f", and {result.retried:,} sent again after failures"
+    if not output:
+        click.echo(_predictions_csv(result), nl=False)
+        click.echo(spent, err=True)          # stderr: stdout stays a plain CSV
+        return
+    from .files import atomic_write
+    text = _predictions_json(result, run_dir) if output.lower().endswith(".json") else _predictions_csv(result)
+    atomic_write(Path(output), text.encode())
+    click.echo(f"{len(result.labels):,} predictions written to {output}; {spent}")
+
+
+def _predictions_csv(result) -> str:
+    """input,label,score: one row per input (its index or file name), the score of its label."""
+    import csv
+    import io
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["input", "label", "score"])
+    writer.writerows(zip(result.names, result.labels, (f"{s:.7g}" for s in result.score.tolist())))
+    return buffer.getvalue()
+
+
+def _predictions_json(result, run_dir: str) -> str:
+    rows = [{"input": name, "label": label, "score": score, "scores": scores}
+            for name, label, score, scores in zip(result.names, result.labels, result.score.tolist(),
+                                                  result.scores.tolist())]
+    return json.dumps({"run": str(run_dir), "classes": result.classes, "queries": result.queries,
+                       "retried": result.retried, "predictions": rows}, indent=2) + "\n"
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The .onnx file to write; the class names go beside it, in a .json file of the same name.")
+def export(run_dir, output):
+    """Write a finished run as one ONNX model: program (θ as constants) → source model → label
+    map, answering 'scores' (one per target class) and 'label' (the index of the best). Runs on
+    a local ONNX model only; no query is spent."""
+    from .export import export_run
+    try:
+        sidecar = export_run(run_dir, output)
+    except _refusals() as error:
+        _fail(str(error))
+    except Exception as error:               # failed while exporting: say so in one sentence
+        first_line = (str(error).splitlines() or [""])[0]     # torch's exporter explains over many lines
+        _fail(f"the export stopped: {type(error).__name__}: {first_line}", code=1)
+    shape = ", ".join(map(str, sidecar["input"]["shape"]))
+    click.echo(f"wrote {output}: x ({shape}) → scores (N, {len(sidecar['classes'])}), label (N,); "
+               f"classes in {Path(output).with_suffix('.json')}")
 
 
 @main.command()

@@ -41,31 +41,14 @@ class Program:
         splits = data_module.make_splits(data_name or self.config.data.name,
                                          validation_fraction=self.config.data.validation_fraction,
                                          test_fraction=self.config.data.test_fraction, seed=self.config.seed)
-        self._check_targets(splits.test.x)
+        self.check_targets(splits.test.x)
         ledger = Ledger(self.backend, None)
         logits = self.target_logits(splits.test.x, ledger, "test")
         return {"data": data_name or self.config.data.name, "examples": len(splits.test),
                 "test_accuracy": target_accuracy(logits, torch.as_tensor(splits.test.y)),
                 "queries": ledger.summary()["test"]["queries"]}
 
-    def predict(self, x: np.ndarray) -> tuple[list[str], int]:
-        """Original target labels for a batch of target examples, and the queries spent."""
-        self._check_targets(x)
-        ledger = Ledger(self.backend, None)
-        logits = self.target_logits(x.astype(np.float32), ledger, "test")
-        return [self.classes[i] for i in logits.argmax(dim=1).tolist()], ledger.summary()["test"]["queries"]
-
-    def predict_dataset(self, name_or_path: str) -> tuple[list[str], int]:
-        """Predict a dataset's test split (or its only split), or the ``x`` array of an .npz."""
-        path = Path(name_or_path)
-        if path.suffix == ".npz" and path.is_file():
-            with np.load(path, allow_pickle=False) as arrays:
-                if "x" in arrays and "y" not in arrays:
-                    return self.predict(arrays["x"])
-        train, test = data_module.load(name_or_path)
-        return self.predict((test if test is not None else train).x)
-
-    def _check_targets(self, x: np.ndarray) -> None:
+    def check_targets(self, x: np.ndarray) -> None:
         """The whole input, before the first chunk is bought."""
         if tuple(x.shape[1:]) != self.transform.target_shape:
             raise ValueError(f"expected target examples of shape {self.transform.target_shape}, "

@@ -1,0 +1,172 @@
+"""A finished run as one ONNX file: program (θ baked in) → source model → label map.
+
+The graph takes a batch of target examples ``x`` (N, *target_shape) and answers ``scores``
+(N, K), the label map's score of every target class, and ``label`` (N,), the index of the best
+one: the labels ``bbreprog predict`` gives and its scores to within float rounding, without the
+toolkit. It is built from three parts joined with ``onnx.compose``:
+
+1. the program, the run's own torch transform exported with θ as a constant (the part of the
+   program that depends on θ alone, e.g. the upsampled signal, is computed once, by torch);
+2. the source model's ONNX graph, unchanged, its names prefixed with ``source/``;
+3. the head: the model's answers turned into log-probabilities as ``outputs.source_log_probs``
+   does, then the run's label map (again its own torch code, exported), then the argmax.
+
+Only runs on a local ONNX model can be exported: elsewhere the model is not ours to copy.
+A JSON sidecar beside the model names the classes. onnx is imported inside functions only.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .degrade import DegradedBackend
+from .files import atomic_write
+from .outputs import FLOOR
+
+EXPORTABLE_OUTPUTS = ("", "probs")   # backend.output values the graph reproduces
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> dict:
+    """Write ``out`` (.onnx) and its sidecar ``out`` with suffix .json; returns the sidecar."""
+    from .config import load_config
+    from .program import load_program
+    run_dir, out = Path(run_dir), Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"expected an output file ending in .onnx, got {out.name}")
+    if not (run_dir / "program.pt").is_file():
+        raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
+    config = load_config(run_dir / "config.toml")
+    # checked before the backend is built: a remote one would be contacted for nothing
+    if config.backend.name != "onnx":
+        raise ValueError(f"expected a run on a local ONNX model (backend 'onnx') to export, got backend "
+                         f"{config.backend.name!r}; only local ONNX models can be exported for now")
+    if config.backend.output not in EXPORTABLE_OUTPUTS:
+        raise ValueError(f"expected a run on the model's own answers or on probabilities (backend.output '' or "
+                         f"'probs') to export, got backend.output {config.backend.output!r}")
+    program = load_program(run_dir)
+    try:
+        model = _source_model(config.backend.model)
+        graph = compose(program, model)
+    finally:
+        program.backend.close()
+    sidecar = {
+        "classes": list(program.classes),
+        "input": {"name": "x", "shape": ["N", *program.transform.target_shape], "dtype": "float32"},
+        "outputs": {"scores": "(N, K) float32 label-map score of each class, in the order of classes",
+                    "label": "(N,) int64 index into classes of the best score"},
+        "run": str(run_dir),
+        "source_model": config.backend.model,
+    }
+    atomic_write(out, graph.SerializeToString())
+    atomic_write(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar
+
+
+def _source_model(model: str):
+    """The run's model as an ``onnx.ModelProto``: a zoo name (its verified cached file) or a path,
+    vetted by the onnx plugin before it is read in full."""
+    import onnx
+    from bbreprog_onnx import check_model_file
+
+    from . import zoo
+    path = zoo.model_path(model) if model in zoo.zoo_names() else Path(model).expanduser()
+    check_model_file(path)
+    return onnx.load(str(path))
+
+
+def compose(program, model):
+    """One checked ``onnx.ModelProto``: x → program → source model → head → scores, label."""
+    import onnx
+    from onnx import compose as onnx_compose
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    initializers = {t.name for t in model.graph.initializer}   # old files list them among the inputs
+    (source_input,) = [i for i in model.graph.input if i.name not in initializers]
+    source_output = model.graph.output[0]                        # the scores, as the onnx backend reads them
+    input_dtype = tensor_dtype_to_np_dtype(source_input.type.tensor_type.elem_type)
+    output_dtype = tensor_dtype_to_np_dtype(source_output.type.tensor_type.elem_type)
+
+    target = torch.zeros(2, *program.transform.target_shape)                        # (2, *target_shape)
+    model_input = torch.zeros(2, *program.backend.input_spec.shape, dtype=_torch_dtype(input_dtype))
+    answers = torch.zeros(2, program.backend.num_classes, dtype=_torch_dtype(output_dtype))  # (2, C)
+    front = _to_onnx(_Program(program.transform, program.theta, model_input.dtype), target,
+                     ["x"], ["model_input"], opset)
+    backend = program.backend
+    model_kind = backend.inner.output_kind if isinstance(backend, DegradedBackend) else backend.output_kind
+    head = _to_onnx(_Head(program.label_map, model_kind, backend.output_kind), answers,
+                    ["model_answers"], ["scores", "label"], opset)
+
+    # the source model keeps its own ir_version and opsets; the exported parts follow them
+    for part in (front, head):
+        part.ir_version = model.ir_version
+    source = onnx_compose.add_prefix(model, "source/")
+    for part, prefix in ((front, "program/"), (head, "head/")):     # internal names only: keep x, scores, label
+        onnx_compose.add_prefix(part, prefix, rename_inputs=False, rename_outputs=False, inplace=True)
+    del source.metadata_props[:]            # the source's own metadata (range, kind) describe another graph
+    joined = onnx_compose.merge_models(front, source, io_map=[("model_input", "source/" + source_input.name)])
+    joined = onnx_compose.merge_models(joined, head, io_map=[("source/" + source_output.name, "model_answers")],
+                                       outputs=["scores", "label"])
+    joined.graph.name = "reprogrammed"
+    joined.metadata_props.add(key="bbreprog.classes", value=json.dumps(list(program.classes)))
+    onnx.checker.check_model(joined, full_check=True)
+    return joined
+
+
+class _Program(torch.nn.Module):
+    """x (N, *target_shape) → model inputs (N, *source_shape), with the run's θ as a constant."""
+
+    def __init__(self, transform, theta: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.transform, self.dtype = transform, dtype
+        self.register_buffer("theta", theta.detach().float()[None])               # (1, d)
+
+    def forward(self, x):
+        return self.transform(self.theta, x)[0].to(self.dtype)                    # (N, *source_shape)
+
+
+class _Head(torch.nn.Module):
+    """Model answers (N, C) → (scores (N, K), label (N,)), as ``source_log_probs`` and the label
+    map compute them."""
+
+    def __init__(self, label_map, model_kind: str, seen_kind: str):
+        super().__init__()
+        self.label_map = label_map
+        self.model_kind, self.seen_kind = model_kind, seen_kind   # what the model answers, what the run saw
+
+    def forward(self, answers):
+        answers = answers.float()
+        if self.seen_kind == "logits":
+            log_probs = torch.log_softmax(answers, dim=1)                          # (N, C)
+        else:                       # probabilities: the model's own, or (degraded) softmax of its logits
+            probs = answers if self.model_kind == "probs" else torch.softmax(answers, dim=1)
+            log_probs = probs.clamp_min(FLOOR).log()                               # (N, C)
+        scores = self.label_map(log_probs)                                         # (N, K)
+        return scores, scores.argmax(dim=1)
+
+
+def _torch_dtype(numpy_dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=numpy_dtype)).dtype
+
+
+def _to_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int):
+    """``module`` exported at the source model's opset, with a dynamic batch axis. It is traced
+    and frozen first, so torch itself computes everything that depends on constants alone (the
+    program's upsampled θ): onnxruntime's Resize differs from torch's interpolation by ~1e-5."""
+    import onnx
+    buffer = io.BytesIO()
+    # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript, not installed.
+    # Its deprecation notice and the tracer's warnings (shape checks read as Python numbers) are
+    # noise: the composed graph is checked against the toolkit's own predictions in the tests.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        frozen = torch.jit.freeze(torch.jit.trace(module.eval(), (example,)))
+        torch.onnx.export(frozen, (example,), buffer, dynamo=False, opset_version=opset,
+                          input_names=inputs, output_names=outputs,
+                          dynamic_axes={name: {0: "N"} for name in inputs + outputs})
+    return onnx.load_from_string(buffer.getvalue())
