@@ -269,6 +269,25 @@ def export(run_dir, output):
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="The markdown file to write [RUN_DIR/report.md]; its figures go into RUN_DIR.")
+def report(run_dir, output):
+    """Describe a run in one markdown page: the run, its config, queries by purpose, accuracy
+    and loss curves, final accuracies, the learned program drawn and the label map. Read from
+    the run folder alone: no query is spent. An unfinished run gets a partial page."""
+    from .report import write_report
+    try:
+        page, figures = write_report(run_dir, output)
+    except _refusals() as error:
+        _fail(str(error))
+    except OSError as error:                 # the page or a figure cannot be written
+        _fail(f"expected a writable place for the report, got {error.filename}: {error.strerror}")
+    names = ", ".join(path.name for path in figures) or "none"
+    click.echo(f"wrote {page} (figures in {Path(run_dir)}: {names})")
+
+
+@main.command()
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Results folder [runs/bench-<suite name>].")

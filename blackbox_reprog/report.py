@@ -1,0 +1,535 @@
+"""``bbreprog report``: one markdown page describing what a run did, read from its folder.
+
+Everything comes from the files a run folder already holds (``config.toml``, ``result.json``,
+``metrics.jsonl``, ``program.pt``): no backend is built and no query is spent. The program is
+drawn by building the transform alone, from the config and the model input that
+``result.json`` recorded. A folder without ``result.json`` (a run still going, or killed) gets
+a partial report from ``config.toml`` and ``metrics.jsonl``, marked unfinished.
+
+``read_run`` reads the folder, ``render_report`` turns it into markdown text and PNG bytes,
+``write_report`` writes them: the page (default ``RUN_DIR/report.md``) and the figures it
+links, ``report-curves.png`` and ``report-program.png``, into the run folder.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import ConfigError, RunConfig, load_config
+from .ledger import UNBUDGETED
+
+CURVES = "report-curves.png"
+PROGRAM = "report-program.png"
+SHOWN_PER_CLASS = 10            # source classes listed per target class in the label map section
+
+
+@dataclass
+class RunFolder:
+    """What a run folder holds, read once."""
+    path: Path
+    config: RunConfig
+    config_text: str
+    metrics: list[dict]                     # metrics.jsonl, one row per step
+    result: dict | None = None              # result.json; None while the run is unfinished
+    program: dict | None = None             # program.pt: theta, label_map, classes
+    compared_metrics: list[dict] = field(default_factory=list)   # the train.compare_with run's rows
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+
+@dataclass
+class Report:
+    markdown: str
+    figures: dict[str, bytes]               # file name in the run folder → PNG bytes
+
+
+# ---- reading the folder ------------------------------------------------------------------------
+
+def read_run(run_dir: str | Path) -> RunFolder:
+    """The run folder's files; a folder that is not a run is refused with one sentence."""
+    path = Path(run_dir)
+    if not (path / "config.toml").is_file():
+        raise ValueError(f"expected a run folder holding config.toml, got {path}")
+    if not (path / "result.json").is_file() and not (path / "metrics.jsonl").is_file():
+        raise ValueError(f"expected a run folder with result.json or metrics.jsonl, got {path}")
+    try:
+        config = load_config(path / "config.toml")
+    except ConfigError as error:
+        raise ValueError(f"expected a valid config.toml in {path}, got one that is refused: {error}") from None
+    run = RunFolder(path, config, (path / "config.toml").read_text(), read_metrics(path / "metrics.jsonl"))
+    if (path / "result.json").is_file():
+        try:
+            run.result = json.loads((path / "result.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"expected a readable result.json in {path}, got one that fails to parse "
+                             f"({error.msg}, line {error.lineno})") from None
+    if (path / "program.pt").is_file():
+        try:
+            run.program = torch.load(path / "program.pt", map_location="cpu", weights_only=True)
+            run.program["theta"], run.program["label_map"], run.program["classes"]
+        except Exception as error:
+            raise ValueError(f"expected a readable program.pt in {path}, got one that fails to load "
+                             f"({type(error).__name__})") from None
+    comparison = (run.result or {}).get("comparison")
+    if comparison:
+        run.compared_metrics = read_metrics(path / comparison["run_dir"] / "metrics.jsonl")
+    return run
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """One row per step. A torn last line (the process died mid-write) is left out; a damaged
+    line elsewhere is refused."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"expected one JSON object per line in {path}, got a damaged line {number}") from None
+    return rows
+
+
+# ---- the page ----------------------------------------------------------------------------------
+
+def render_report(run: RunFolder, link: Callable[[str], str] = lambda name: name) -> Report:
+    """Markdown text and the figures it links; ``link`` turns a figure's file name into the
+    path the page uses (the page may live outside the run folder)."""
+    figures: dict[str, bytes] = {}
+    parts = [f"# Run report: {run.path.name}", ""]
+    if not run.finished:
+        parts += [f"**Unfinished run:** {run.path} has no result.json yet (still running, or stopped; "
+                  f"`bbreprog resume {run.path}` continues it), so this page shows only its config and "
+                  "the steps in metrics.jsonl.", ""]
+    parts += run_section(run) + config_section(run)
+    if run.finished:
+        parts += queries_section(run.result)
+    curves = draw_curves(run)
+    parts += ["## Curves", ""]
+    if curves is None:
+        parts += ["No step was recorded in metrics.jsonl.", ""]
+    else:
+        figures[CURVES] = curves
+        parts += [f"![accuracy and loss against queries spent]({link(CURVES)})", ""]
+    if run.finished:
+        parts += accuracy_section(run.result)
+    if run.program is None:
+        parts += ["## The program", "", "No program.pt: the chosen program is written when the run finishes.", ""]
+    else:
+        text, picture = program_section(run)
+        parts += text
+        if picture is not None:
+            figures[PROGRAM] = picture
+            parts += [f"![the learned program]({link(PROGRAM)})", ""]
+        parts += label_map_section(run)
+    return Report("\n".join(parts).rstrip() + "\n", figures)
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """Write the page (default RUN_DIR/report.md) and its figures (into RUN_DIR); returns
+    (page, figures). Nothing else in the folder is touched."""
+    from .files import atomic_write
+    run = read_run(run_dir)
+    page = Path(output) if output else run.path / "report.md"
+    report = render_report(run, lambda name: Path(os.path.relpath(run.path / name, page.parent)).as_posix())
+    figures = []
+    for name, png in report.figures.items():
+        atomic_write(run.path / name, png)
+        figures.append(run.path / name)
+    atomic_write(page, report.markdown.encode())
+    return page, figures
+
+
+def run_section(run: RunFolder) -> list[str]:
+    c, r = run.config, run.result or {}
+    rows = []
+    if run.finished:
+        rows.append(("finished", f"{file_time(run.path / 'result.json')} (when result.json was written)"))
+    elif run.metrics:
+        rows.append(("last step written", file_time(run.path / "metrics.jsonl")))
+    rows += [("model", model_line(c, r.get("backend"))),
+             ("target data", data_line(c, r.get("data"))),
+             ("method", method_line(c, r.get("search"))),
+             ("program", program_line(c, r.get("program"))),
+             ("label map", label_map_line(c)),
+             ("loss", c.loss.kind),
+             ("seed", str(c.seed)),
+             ("budget", f"{c.budget:,} queries (everything but the final test pass)")]
+    if run.finished:
+        rows += [("steps", f"{r['steps']:,}; stopped: {r['stopped']}"),
+                 ("wall time", f"{r['wall_seconds']:,.1f} s")]
+    else:
+        last = run.metrics[-1] if run.metrics else {"step": 0, "queries": 0}
+        rows.append(("steps so far", f"{last['step']:,} ({last['queries']:,} budgeted queries spent)"))
+    return ["## The run", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def file_time(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def model_line(c: RunConfig, backend: dict | None) -> str:
+    if backend is None:                      # unfinished: only what the config asked for
+        return f"{c.backend.name}: {c.backend.model}"
+    text = f"{backend['backend']}: {c.backend.model} (`{backend['model_id']}`)"
+    if "degraded" in backend:
+        d = backend["degraded"]
+        text += f", degraded from {d['from']} to {d['to']} (inner model `{d['inner_model_id']}`)"
+    low, high = backend["value_range"]
+    return (text + f", answering {backend['output_kind']} over {backend['num_classes']:,} classes, "
+            f"input {tuple(backend['input_shape'])} in [{low:g}, {high:g}]")
+
+
+def data_line(c: RunConfig, data: dict | None) -> str:
+    if data is None:
+        return c.data.name
+    return (f"{data['name']}: {data['classes']} classes; {data['train']:,} train, "
+            f"{data['validation']:,} validation, {data['test']:,} test examples")
+
+
+def method_line(c: RunConfig, search: dict | None) -> str:
+    o, method = c.optimizer, c.train.method
+    rule = f"{o.kind} (lr {o.lr:g}, {o.schedule} schedule)"
+    if method == "blackbox":
+        e = c.estimator
+        text = (f"blackbox: zeroth-order estimator {e.kind} ({e.directions} directions, smoothing "
+                f"{e.smoothing:g}), step rule {rule}")
+    elif method == "whitebox":
+        text = f"whitebox: autograd through the model, step rule {rule}"
+    else:
+        ev = c.evolution
+        text = f"evolution: nevergrad {ev.optimizer} (population {ev.popsize}, sigma {ev.sigma:g})"
+    if search:
+        programs = "program" if search["population"] == 1 else "programs"
+        text += f"; {search['population']} {programs} × batch {c.train.batch_size} per step"
+    if c.train.compare_with:
+        text += f"; compared with {c.train.compare_with}"
+    return text
+
+
+def program_line(c: RunConfig, program: dict | None) -> str:
+    t = c.transform
+    grid = f"grid {t.grid}" if t.grid else "full resolution"
+    text = f"{t.kind}, {grid}"
+    if t.subspace:
+        text += f", searched in a random {t.subspace}-dimensional subspace"
+    if program:
+        full = f" of {program['full_params']:,}" if "full_params" in program else ""
+        text += f"; {program['num_params']:,} trained parameters{full}"
+    return text
+
+
+def label_map_line(c: RunConfig) -> str:
+    m = c.label_map
+    if m.kind in ("random", "frequency", "iterative"):
+        return f"{m.kind} ({m.per_class} source classes per target class)"
+    if m.kind == "linear":
+        return f"linear head (l2 {m.l2:g}{', refitted every epoch' if m.refit else ''})"
+    return f"{m.kind} (λ {m.blm_lambda:g})"
+
+
+def config_section(run: RunFolder) -> list[str]:
+    return ["<details><summary>config.toml (the fully resolved configuration)</summary>", "",
+            "```toml", run.config_text.rstrip(), "```", "", "</details>", ""]
+
+
+def queries_section(result: dict) -> list[str]:
+    """The ledger per purpose: one row each, then the total and the budget."""
+    ledger = result["ledger"]
+    lines = ["## Queries", "",
+             "| purpose | queries | counts against the budget | read back from the answer store | retried | calls "
+             "| seconds |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for purpose, tally in ledger.items():
+        if purpose == "total" or not isinstance(tally, dict):
+            continue
+        if purpose == "probe" and not tally["queries"] and not tally["calls"]:
+            continue                          # only remote backends probe
+        in_budget = "no" if purpose in UNBUDGETED else "yes"
+        lines.append(f"| {purpose} | {tally['queries']:,} | {in_budget} | {tally['stored']:,} | "
+                     f"{tally['retried']:,} | {tally['calls']:,} | {tally['seconds']:,.1f} |")
+    t = ledger["total"]
+    lines += [f"| total | {t['queries']:,} | {ledger['budgeted']:,} budgeted | {t['stored']:,} | {t['retried']:,} | "
+              f"{t['calls']:,} | {t['seconds']:,.1f} |", "",
+              f"{result['budgeted_queries']:,} of the {result['budget']:,}-query budget spent (retries "
+              "included); the final test pass is outside the budget.", ""]
+    journal = result.get("journal")
+    if journal:
+        resent, earlier = journal["resent_after_interruption"], journal["earlier_attempts_booked"]
+        honoured = "honours" if earlier["endpoint_honours_idempotency"] else "does not declare that it honours"
+        lines += [f"Journal ({journal['file']}, {journal['records']:,} records): "
+                  f"{journal['answers_from_store']:,} answers read back from the answer store instead of bought; "
+                  f"{resent['calls']:,} calls ({resent['queries']:,} queries) sent again after an interruption; "
+                  f"{journal['failed_calls']:,} failed calls; {earlier['calls']:,} calls ({earlier['queries']:,} "
+                  f"queries) of earlier processes booked as retried (the endpoint {honoured} idempotency keys).", ""]
+    return lines
+
+
+def accuracy_section(result: dict) -> list[str]:
+    r = result
+    lines = ["## Accuracy", "", "| | accuracy |", "|---|---:|",
+             f"| zero program, test (label map as first fitted) | {r['start_accuracy']:.3f} |",
+             f"| trained program, test | {r['test_accuracy']:.3f} |",
+             f"| best validation (step {r['best_step']}, loss {r['best_validation_loss']:.3f}) | "
+             f"{r['best_validation_accuracy']:.3f} |",
+             f"| majority class, test | {r['chance_accuracy']:.3f} |",
+             f"| uniform chance | {r['uniform_chance']:.3f} |", ""]
+    change = r["test_accuracy"] - r["start_accuracy"]
+    if r["best_step"] == 0:
+        verdict = "No trained program beat the zero program on validation loss, so the zero program was kept"
+    elif round(change, 3) == 0:
+        verdict = "The trained program matches the zero program's test accuracy"
+    else:
+        verdict = f"The trained program {'gains' if change > 0 else 'loses'} {abs(change):.3f} test accuracy over the zero program"
+    lines += [verdict + "; the program is chosen on validation loss, never on the test set.", ""]
+    c = r.get("comparison")
+    if c:
+        lines += [f"Compared run: {c['method']} with the same config, seed and at most {r['steps']} steps "
+                  f"(folder {c['run_dir']}/):", "",
+                  "| | this run | compared run |", "|---|---:|---:|",
+                  f"| method | {r['method']} | {c['method']} |",
+                  f"| zero program, test | {r['start_accuracy']:.3f} | {c['start_accuracy']:.3f} |",
+                  f"| trained program, test | {r['test_accuracy']:.3f} | {c['test_accuracy']:.3f} |",
+                  f"| best validation | {r['best_validation_accuracy']:.3f} | {c['best_validation_accuracy']:.3f} |",
+                  f"| steps | {r['steps']:,} | {c['steps']:,} |",
+                  f"| train queries | {r['queries']['train']:,} | {c['queries']['train']:,} |",
+                  f"| wall time (s) | {r['wall_seconds']:,.1f} | {c['wall_seconds']:,.1f} |", ""]
+    return lines
+
+
+# ---- the curves --------------------------------------------------------------------------------
+
+def draw_curves(run: RunFolder) -> bytes | None:
+    """Validation accuracy (top) and loss (bottom) against budgeted queries spent, as PNG.
+
+    The top panel is ``plot_run``'s picture (accuracy.png), drawn again here because that
+    function draws into a figure of its own; the reference lines are only known when the run
+    has finished."""
+    if not run.metrics:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True)
+    if points(run.metrics, "val_accuracy"):
+        top.plot(*points(run.metrics, "val_accuracy"), marker="o", markersize=3, label="validation accuracy")
+    if points(run.compared_metrics, "val_accuracy"):
+        top.plot(*points(run.compared_metrics, "val_accuracy"), marker=".", linestyle="--", color="tab:purple",
+                 label=f"validation accuracy, {run.result['comparison']['method']} (compared)")
+    r = run.result
+    if r:
+        top.axhline(r["start_accuracy"], color="grey", linestyle=":", label=f"test, zero program ({r['start_accuracy']:.3f})")
+        top.axhline(r["chance_accuracy"], color="lightgrey", linestyle="--",
+                    label=f"majority class ({r['chance_accuracy']:.3f})")
+        top.axhline(r["test_accuracy"], color="tab:green", label=f"test, chosen program ({r['test_accuracy']:.3f})")
+    chosen = chosen_at(run)
+    if chosen is not None:
+        top.plot([chosen], [r["best_validation_accuracy"]], marker="*", markersize=12, color="tab:green", zorder=5,
+                 linestyle="none", label=f"chosen on validation (step {r['best_step']})")
+        bottom.plot([chosen], [r["best_validation_loss"]], marker="*", markersize=12, color="tab:green", zorder=5,
+                    linestyle="none", label=f"chosen on validation (step {r['best_step']})")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1.02)
+    top.legend(loc="lower right", fontsize=7)
+    top.grid(alpha=0.3)
+
+    if points(run.metrics, "loss"):
+        bottom.plot(*points(run.metrics, "loss"), linewidth=1, label="training loss (mean over the step's programs)")
+    if points(run.metrics, "val_loss"):
+        bottom.plot(*points(run.metrics, "val_loss"), marker="o", markersize=3, label="validation loss")
+    bottom.set_xlabel("budgeted queries spent (examples sent to the model)")
+    bottom.set_ylabel(f"loss ({run.config.loss.kind})")
+    bottom.legend(loc="upper right", fontsize=7)
+    bottom.grid(alpha=0.3)
+    state = "" if run.finished else ", unfinished"
+    fig.suptitle(f"{run.config.backend.model} → {run.config.data.name} ({run.config.train.method}, "
+                 f"seed {run.config.seed}{state})", fontsize=10)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def chosen_at(run: RunFolder) -> int | None:
+    """Budgeted queries spent when the chosen program was validated. Step 0 (the zero program)
+    has no row in metrics.jsonl: it was validated right after the probe and the label-map fit."""
+    r = run.result
+    if r is None:
+        return None
+    if r["best_step"] == 0:
+        return r["queries"].get("probe", 0) + r["queries"]["label-map"] + r["data"]["validation"]
+    return next((row["queries"] for row in run.metrics if row["step"] == r["best_step"]), None)
+
+
+def points(rows: list[dict], key: str) -> tuple[tuple, ...]:
+    """(queries, values) of the rows that hold a finite ``key``; () when none do. Only some
+    steps validate, and a skipped step's loss may be infinite or NaN."""
+    kept = [(row["queries"], row[key]) for row in rows if row.get(key) is not None and math.isfinite(row[key])]
+    return tuple(zip(*kept))
+
+
+def png_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# ---- the program -------------------------------------------------------------------------------
+
+@dataclass
+class RecordedModel:
+    """The two things ``runner.build_program`` reads from a backend, as result.json recorded
+    them: building the transform this way needs no backend and spends no query."""
+    input_spec: object
+    num_classes: int
+
+
+def program_section(run: RunFolder) -> tuple[list[str], bytes | None]:
+    """Text, and the program drawn (None with a sentence saying why it is not)."""
+    from . import data as data_module
+    from .backend import InputSpec
+    from .runner import build_program
+    c, backend = run.config, run.result["backend"]
+    lines = ["## The program", ""]
+    try:
+        splits = data_module.make_splits(c.data.name, validation_fraction=c.data.validation_fraction,
+                                         test_fraction=c.data.test_fraction, seed=c.seed)
+        spec = InputSpec(tuple(backend["input_shape"]), value_range=tuple(backend["value_range"]))
+        transform, _ = build_program(c, RecordedModel(spec, backend["num_classes"]), splits.train)
+    except ValueError as error:              # the dataset moved or changed since the run
+        return lines + [f"Not drawn: the program cannot be rebuilt from the run's dataset now ({error})", ""], None
+    theta = run.program["theta"].float()                                  # (d,)
+    if theta.shape != (transform.num_params,):
+        raise ValueError(f"expected a θ of {transform.num_params} parameters in program.pt for the config's "
+                         f"{c.transform.kind} program, got shape {tuple(theta.shape)}")
+    example = torch.as_tensor(splits.test.x[:1])                          # (1, *target_shape)
+    label = splits.test.classes[int(splits.test.y[0])]
+    with torch.no_grad():
+        blank = transform(theta[None], torch.zeros_like(example))[0, 0]  # (*source_shape)
+        programmed = transform(theta[None], example)[0, 0]              # (*source_shape)
+    norm = float(theta.norm())
+    lines.append(f"θ has {transform.num_params:,} parameters (L2 norm {norm:.3g}; 0 is the zero program). "
+                 f"Drawn with the transform alone, built from config.toml and the model input recorded in "
+                 f"result.json; the example is the first test example (class {label}).")
+    lines.append("")
+    if len(transform.source_shape) == 1:
+        picture = draw_signal_program(transform, example[0], blank, programmed)
+    else:
+        picture = draw_image_program(transform, example[0], blank, programmed)
+    return lines, picture
+
+
+def base_transform(transform):
+    """The transform a random subspace wraps, where the geometry (target slot, frame) lives."""
+    from .transforms import Subspace
+    return transform.inner if isinstance(transform, Subspace) else transform
+
+
+def draw_signal_program(transform, example, blank, programmed) -> bytes:
+    """example (T,), blank and programmed (L,): the program waveform (the transform of a zero
+    series), the example as it is, and the example as the model sees it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = base_transform(transform)
+    fig, axes = plt.subplots(3, 1, figsize=(6.4, 6.4), dpi=120)
+    axes[0].plot(blank.numpy(), linewidth=0.8, color="tab:blue")
+    axes[0].set_title("the program: the model input for an all-zero series", fontsize=9)
+    axes[1].plot(example.numpy(), marker=".", color="tab:orange")
+    axes[1].set_title(f"one example, as it is ({len(example)} samples)", fontsize=9)
+    axes[2].plot(programmed.numpy(), linewidth=0.8, color="tab:blue")
+    axes[2].set_title("the same example as the model sees it (z-normalised, program around it)", fontsize=9)
+    for ax in (axes[0], axes[2]):
+        ax.axvspan(base.start, base.stop, color="tab:orange", alpha=0.15, label="the target's place")
+        ax.set_xlim(0, base.length)
+        ax.set_xlabel("model input sample")
+        ax.legend(loc="upper right", fontsize=7)
+    axes[1].set_xlabel("target sample")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def draw_image_program(transform, example, blank, programmed) -> bytes:
+    """example (C, h, w), blank and programmed (C, H, W): the program on a blank (zero) target,
+    the example as it is, and the example as the model sees it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6), dpi=120)
+    panels = [(blank, "the program on a blank (zero) target", (transform.low, transform.high)),
+              (example, "one example, as it is", (0.0, 1.0)),            # targets are images in [0, 1]
+              (programmed, "the example as the model sees it", (transform.low, transform.high))]
+    for ax, (image, title, value_range) in zip(axes, panels):
+        ax.imshow(displayable(image, value_range), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def displayable(image: torch.Tensor, value_range: tuple[float, float]):
+    """(C, H, W) in ``value_range`` → (H, W) or (H, W, 3) in [0, 1] for imshow; a range that is
+    not finite is replaced by the image's own minimum and maximum."""
+    low, high = value_range
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        low, high = float(image.min()), float(image.max())
+    scaled = ((image - low) / max(high - low, 1e-12)).clamp(0, 1)        # (C, H, W)
+    if scaled.shape[0] == 3:
+        return scaled.permute(1, 2, 0).numpy()                            # (H, W, 3)
+    return scaled[0].numpy()                                              # (H, W) first channel
+
+
+# ---- the label map -----------------------------------------------------------------------------
+
+def label_map_section(run: RunFolder) -> list[str]:
+    """Which source classes speak for each target class, from program.pt's label map state."""
+    state, classes = run.program["label_map"], list(run.program["classes"])
+    kind = run.config.label_map.kind
+    lines = ["## The label map", ""]
+    if "assignment" in state:                 # random, frequency, iterative: many-to-one
+        assignment = state["assignment"]                                  # (C,) target class or −1
+        lines += [f"{kind}: each target class scores the mean probability of its source classes "
+                  f"({int((assignment >= 0).sum()):,} of the model's {len(assignment):,} classes are used).", "",
+                  "| target class | source classes | count |", "|---|---|---:|"]
+        for index, name in enumerate(classes):
+            sources = torch.nonzero(assignment == index).flatten().tolist()
+            lines.append(f"| {name} | {listed(sources)} | {len(sources)} |")
+    elif "omega" in state:                    # blm, blm+: a weight per (source, target) pair
+        omega = state["omega"]                                            # (C, K) columns sum to 1
+        shown = min(SHOWN_PER_CLASS, omega.shape[0])
+        lines += [f"{kind}: each target class scores log(p · ω) with a weight ω for every source class; "
+                  f"the {shown} heaviest per target class (weights that round to 0 left out):", "",
+                  "| target class | source class (weight ω) |", "|---|---|"]
+        for index, name in enumerate(classes):
+            weights, sources = omega[:, index].topk(shown)
+            heaviest = [f"{s} ({w:.3f})" for s, w in zip(sources.tolist(), weights.tolist()) if w >= 5e-4]
+            lines.append(f"| {name} | {', '.join(heaviest)} |")
+    elif "weight" in state:                   # linear head
+        source, target = state["weight"].shape                           # (C, K)
+        lines.append(f"linear head: softmax regression on standardised source log-probabilities, weights "
+                     f"{source:,} × {target:,} and {target:,} biases ({source * target + target:,} parameters).")
+    else:
+        lines.append(f"{kind}: no state recorded.")
+    lines.append("")
+    return lines
+
+
+def listed(sources: list[int]) -> str:
+    shown = ", ".join(map(str, sources[:SHOWN_PER_CLASS]))
+    return shown + (f", … ({len(sources) - SHOWN_PER_CLASS} more)" if len(sources) > SHOWN_PER_CLASS else "")
