@@ -74,6 +74,11 @@ class Method:
     label: str = ""
     baseline: str = ""                   # "" (train a program at each budget), "zero" or "scratch"
 
+    @property
+    def black_box(self) -> bool:
+        """A program trained from the model's answers alone (not a baseline, not the white-box bound)."""
+        return not self.baseline and self.settings.get("train.method") != "whitebox"
+
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
@@ -460,8 +465,8 @@ def summarise(suite: Suite, records: list[dict], out: Path) -> dict:
             table[pair.name][method.name] = by_budget
     skipped = {p.name: suite.missing(p) for p in suite.pairs if suite.missing(p)}
     return {"suite": suite.name, "description": suite.description, "budgets": list(suite.budgets),
-            "seeds": list(suite.seeds), "methods": {m.name: {"label": m.label, "baseline": m.baseline}
-                                                     for m in suite.methods},
+            "seeds": list(suite.seeds), "methods": {m.name: {"label": m.label, "baseline": m.baseline,
+                                                                "black_box": m.black_box} for m in suite.methods},
             "date": datetime.date.today().isoformat(), "machine": machine(), "command": " ".join(
                 ["bbreprog", *sys.argv[1:]]) if Path(sys.argv[0]).name == "bbreprog" else "",
             "summary": table, "skipped": skipped, "cells": records}
@@ -490,7 +495,7 @@ def write_results(suite: Suite, results: dict, out: Path) -> None:
 
 def markdown(suite: Suite, results: dict) -> str:
     """One table per pair: methods × budgets, test accuracy mean ± std (seeds), the best
-    trained method of each budget in bold; baselines shown at every budget that pays for them."""
+    black-box method of each budget in bold; baselines shown at every budget that pays for them."""
     m = results["machine"]
     lines = [f"# Benchmark suite `{suite.name}`", ""]
     if suite.description:
@@ -499,7 +504,8 @@ def markdown(suite: Suite, results: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
               f"Command: `{results['command'] or 'bbreprog bench ' + str(suite.path)}`. "
               f"Seeds {', '.join(map(str, suite.seeds))}; test accuracy, mean ± std over seeds; budgeted queries "
-              "(everything but the test pass) on the columns; `–`: the budget does not pay for it.", ""]
+              "(everything but the test pass) on the columns; `–`: the budget does not pay for it; "
+              "in bold, the best black-box method of each budget.", ""]
     for pair in suite.pairs:
         lines += [f"## {pair.name}", ""]
         if pair.name in results["skipped"]:
@@ -511,7 +517,7 @@ def markdown(suite: Suite, results: dict) -> str:
         best = {}
         for b in suite.budgets:
             trained = [(v[str(b)]["mean"], name) for name, v in table.items()
-                       if not suite.method(name).baseline and str(b) in v]
+                       if suite.method(name).black_box and str(b) in v]
             best[b] = max(trained)[1] if trained else None
         for method in suite.methods:
             cells = []
@@ -571,7 +577,7 @@ def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:
 
 
 def headline(results: dict) -> str:
-    """One line per pair for the terminal: the best trained method at the largest budget
+    """One line per pair for the terminal: the best black-box method at the largest budget
     against the best baseline."""
     lines = []
     for pair, table in results["summary"].items():
@@ -580,11 +586,11 @@ def headline(results: dict) -> str:
             continue
         largest = str(max(results["budgets"]))
         trained = [(v[largest]["mean"], name) for name, v in table.items()
-                   if not results["methods"][name]["baseline"] and largest in v]
+                   if results["methods"][name]["black_box"] and largest in v]
         base = [(v["any"]["mean"], name) for name, v in table.items() if results["methods"][name]["baseline"] and "any" in v]
         parts = []
         if trained:
-            parts.append(f"best at {int(largest):,} queries: {max(trained)[1]} {max(trained)[0]:.3f}")
+            parts.append(f"best black-box at {int(largest):,} queries: {max(trained)[1]} {max(trained)[0]:.3f}")
         if base:
             parts.append(f"best baseline: {max(base)[1]} {max(base)[0]:.3f}")
         lines.append(f"{pair}: " + "; ".join(parts) if parts else f"{pair}: no finished cell")

@@ -40,6 +40,10 @@ def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
     for method in suite.methods:
         assert f"| {method.label}" in table
     assert "Skipped: /nonexistent/dataset-for-the-smoke-suite is absent" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    for column in (1, 2):                                   # each budget: one best black-box method, in bold
+        bold = [row[0] for row in rows if row[column].startswith("**")]
+        assert len(bold) == 1 and bold[0].startswith(("| ZO", "| DiagonalCMA")), bold
     assert (out / "ItalyPowerDemand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "Absent.png").exists()
     assert "22 cells done (22 run now, 0 from an earlier run), 22 skipped, 0 failed" in output
