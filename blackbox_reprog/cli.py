@@ -327,8 +327,10 @@ def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet
                f"earlier run), {count['skipped']} skipped, {count['failed']} failed, in {results['seconds']:.0f} s; "
                f"results: {folder / 'results.md'}")
     if count["failed"]:
-        failures = "; ".join(f"{c['id']}: {c['reason']}" for c in results["cells"] if c["status"] == "failed")
-        _fail(f"{count['failed']} cells failed ({failures}); run the same command again to retry them", code=1)
+        failed = [f"{c['id']}: {c['reason']}" for c in results["cells"] if c["status"] == "failed"]
+        more = f"; and {len(failed) - 3} more, listed in results.md" if len(failed) > 3 else ""
+        _fail(f"{count['failed']} cells failed ({'; '.join(failed[:3])}{more}); run the same command again to "
+              "retry them", code=1)
 
 
 class _BenchProgress:
