@@ -63,21 +63,6 @@ def finished(tmp_path_factory):
             "classes": saved["classes"]}
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """Examples that reach the ONNX model, counted below the ledger."""
-    from bbreprog_onnx import OnnxBackend
-    sent = {"examples": 0}
-    original = OnnxBackend._predict
-
-    def counting(self, x):
-        sent["examples"] += len(x)
-        return original(self, x)
-
-    monkeypatch.setattr(OnnxBackend, "_predict", counting)
-    return sent
-
-
 @pytest.fixture(scope="module")
 def predicted(finished, tmp_path_factory):
     """``bbreprog predict`` on the run's test split, as JSON."""
