@@ -5,8 +5,12 @@ temporary folder per page (a later block may use an earlier block's run folder o
 python blocks in one namespace per page, shell commands through bash with the installed
 console script (the `bbreprog` beside sys.executable) first on the PATH, each command's exit
 code checked. A bash block runs when each of its commands starts with `bbreprog ` or
-`.venv/bin/bbreprog `; any other python or bash block must say why it does not run, or the
-test fails, so nothing is skipped silently. Every page of docs/ is either in PAGES or in
+`.venv/bin/bbreprog `, or is one of the few shell lines a page needs around them:
+`export NAME=VALUE` (expanded by bash, kept for the page's later commands), a bbreprog command
+ending in `&` (started in the background, like a server the next block talks to) and
+`kill %N` (stops the page's Nth background command and checks that it exits cleanly). Any
+other python or bash block must say why it does not run, or the test fails, so nothing is
+skipped silently. Shell commands see `$REPO`, the repository's root. Every page of docs/ is either in PAGES or in
 OTHER_PAGES with the reason its examples are not run.
 
 Markers are HTML comments on the lines just above a fence (invisible on GitHub):
@@ -34,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,15 +47,10 @@ import pytest
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent            # the virtualenv's bin: its bbreprog console script
-PAGES = ["getting-started.md", "troubleshooting.md", "cli.md", "concepts.md", "algorithms.md", "cli-reference.md"]
-#: pages whose examples this runner does not run yet, and why (every page is in one list or the other)
-OTHER_PAGES = {
-    "remote.md": "its examples keep a server running in the background and set shell variables; "
-                 "tests/test_http_end_to_end.py trains the same way through bbreprog serve",
-    "writing-a-backend.md": "not marked up for this runner yet (a module to write as a file, and a "
-                            "20,000-query run on an undefined input); tests/test_backend.py covers the API",
-    "benchmarks.md": "its only commands run benchmark suites, minutes to hours each",
-}
+PAGES = ["getting-started.md", "troubleshooting.md", "cli.md", "concepts.md", "algorithms.md", "cli-reference.md",
+         "remote.md", "writing-a-backend.md", "benchmarks.md"]
+#: pages whose examples this runner does not run, and why (every page is in one list or the other)
+OTHER_PAGES: dict[str, str] = {}
 
 FENCE = re.compile(r"^(`{3,})([\w-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*([a-z][a-z ]*?)\s*(?::\s*(.*?))?\s*-->$")
@@ -124,8 +124,13 @@ def commands_of(code: str) -> list[str]:
     return commands
 
 
+EXPORT = re.compile(r"^export ([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+KILL = re.compile(r"^kill %([1-9][0-9]*)(?:\s+#.*)?$")
+
+
 def shell_env() -> dict[str, str]:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg")
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg",
+               REPO=str(ROOT))
     found = shutil.which("bbreprog", path=env["PATH"])
     assert found and Path(found).parent == BIN, f"expected the bbreprog console script in {BIN}, found {found}"
     return env
@@ -159,16 +164,71 @@ def run_python(block: Block, page: str, namespace: dict) -> str:
     return stdout.getvalue()
 
 
-def run_bash(block: Block, where: str, folder: Path, env: dict[str, str]) -> str:
+@dataclass
+class Shell:
+    """What a page's shell commands share: the folder, the environment its exports extend, and
+    the commands it started in the background (stopped by `kill %N`, or when the page ends)."""
+    folder: Path
+    env: dict[str, str]
+    background: list[subprocess.Popen] = field(default_factory=list)
+
+    def export(self, name: str, value: str) -> None:
+        result = subprocess.run(["bash", "-c", f'printf %s {value}'], env=self.env, text=True,
+                                capture_output=True, timeout=60)
+        assert result.returncode == 0, f"export {name}: {result.stderr}"
+        self.env[name] = result.stdout
+
+    def start(self, command: str, where: str) -> None:
+        """A server the page's next commands talk to: started, then awaited until it prints its
+        first line (a server announces where it listens); its output is read when it stops."""
+        log = open(self.folder / f".background-{len(self.background) + 1}.log", "w+", encoding="utf-8")
+        process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.folder, env=self.env,
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+        process.log = log
+        self.background.append(process)
+        deadline = time.monotonic() + 60
+        while not Path(log.name).stat().st_size and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, f"{where}: `{command}` stopped at once:\n{Path(log.name).read_text()}"
+
+    def stop(self, number: int, where: str) -> str:
+        assert 1 <= number <= len(self.background), f"{where}: kill %{number}: no such background command"
+        process = self.background[number - 1]
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+        process.log.seek(0)
+        output = process.log.read()
+        assert process.returncode == 0, f"{where}: background command {number} exited with {process.returncode}:\n{output}"
+        return output
+
+    def close(self) -> None:
+        for process in self.background:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.log.close()
+
+
+def run_bash(block: Block, where: str, shell: Shell) -> str:
     commands = commands_of(block.code)
-    others = [c for c in commands if not c.startswith(CLI_PREFIXES)]
+    others = [c for c in commands if not (c.startswith(CLI_PREFIXES) or EXPORT.match(c) or KILL.match(c))]
     assert commands and not others, (
-        f"{where}: a bash block with commands other than bbreprog ({others[:1] or 'none'}): mark it "
-        f"<!-- not run: REASON --> or make each line a bbreprog command")
+        f"{where}: a bash block with commands other than bbreprog, export and kill %N ({others[:1] or 'none'}): "
+        f"mark it <!-- not run: REASON --> or make each line a bbreprog command")
     expected = int(block.markers.get("exit", ["0"])[0])
     output = ""
     for command in commands:
-        result = run_command(command, folder, env)
+        if exported := EXPORT.match(command):
+            shell.export(*exported.groups())
+            continue
+        if killed := KILL.match(command):
+            output += shell.stop(int(killed.group(1)), where)
+            continue
+        if command.endswith("&") and not command.endswith("&&"):
+            shell.start(command[:-1].strip(), where)
+            continue
+        result = run_command(command, shell.folder, shell.env)
         assert result.returncode == expected, (
             f"{where}: `{command}` exited with {result.returncode}, expected {expected}\n"
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
@@ -179,12 +239,20 @@ def run_bash(block: Block, where: str, folder: Path, env: dict[str, str]) -> str
 
 def run_page(page: str, folder: Path) -> Summary:
     """Run a page's blocks in order in ``folder``; returns what ran and what did not."""
-    summary, namespace, env = Summary(), {"__name__": "__docs__"}, shell_env()
+    shell = Shell(folder, shell_env())
+    try:
+        return _run_blocks(page, shell)
+    finally:
+        shell.close()
+
+
+def _run_blocks(page: str, shell: Shell) -> Summary:
+    summary, namespace, folder = Summary(), {"__name__": "__docs__"}, shell.folder
     previous_output: str | None = None           # the output of the block just above, if it ran
     for block in blocks_of(DOCS / page):
         where, markers = f"{page}:{block.line}", block.markers
         for command in markers.get("setup", []):
-            result = run_command(command, folder, env)
+            result = run_command(command, folder, shell.env)
             assert result.returncode == 0, f"{where}: setup `{command}` failed:\n{result.stdout}\n{result.stderr}"
         output = None
         if "not run" in markers:
@@ -206,7 +274,7 @@ def run_page(page: str, folder: Path) -> Summary:
             output = run_python(block, page, namespace)
             summary.ran.append(str(block.line))
         elif block.lang in SHELL:
-            output = run_bash(block, where, folder, env)
+            output = run_bash(block, where, shell)
             summary.ran.append(str(block.line))
         else:
             assert not set(markers) & {"exit", "creates"}, f"{where}: a {block.lang or 'plain'} block does not run"
@@ -271,3 +339,15 @@ def test_cli_reference_lists_every_option():
             for opt in getattr(param, "opts", []):
                 if opt.startswith("-"):
                     assert f"`{opt}" in text, f"{name}: {opt} missing from the reference"
+
+
+@pytest.mark.parametrize("page", sorted(path.name for path in DOCS.glob("*.md")))
+def test_toml_blocks_parse(page):
+    """Config fragments are shown, not run: each must at least be valid TOML as written."""
+    import tomllib
+    for block in blocks_of(DOCS / page):
+        if block.lang == "toml":
+            try:
+                tomllib.loads(block.code)
+            except tomllib.TOMLDecodeError as error:
+                pytest.fail(f"{page}:{block.line}: a toml block that does not parse: {error}")
