@@ -47,7 +47,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, RunConfig, _flatten, load_config, merge, to_toml
+from .config import ConfigError, RunConfig, _flatten, load_config, merge, to_toml, with_absolute_paths
 from .files import atomic_write
 from .journal import JOURNAL
 
@@ -256,7 +256,7 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     # a trained cell cut short by an earlier run of the suite resumes from its journal (what it
     # paid for is read back); anything else cut short starts again
     resume = (not method.baseline and (folder / JOURNAL).is_file() and (folder / "config.toml").is_file()
-              and (folder / "config.toml").read_text() == to_toml(config))
+              and (folder / "config.toml").read_text() == to_toml(with_absolute_paths(config)))
     if folder.exists() and not resume:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)

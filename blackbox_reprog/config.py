@@ -256,6 +256,23 @@ def _flatten(table: dict, prefix: tuple = ()):
             yield list(prefix + (key,)), value
 
 
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """The config with its relative paths made absolute (a dataset or model file that exists,
+    the answer store), so that the run folder's config.toml works from any folder: evaluate,
+    predict, export and resume read it wherever they are started."""
+    def absolute(value: str, must_exist: bool) -> str:
+        path = Path(value).expanduser()
+        if not value or (must_exist and not path.exists()):
+            return value                          # a built-in name, a zoo name, a URL, "module:function"
+        return str(path.resolve())
+
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, name=absolute(config.data.name, must_exist=True)),
+        backend=dataclasses.replace(config.backend, model=absolute(config.backend.model, must_exist=True)),
+        train=dataclasses.replace(config.train, answer_store=absolute(config.train.answer_store, must_exist=False)))
+
+
 def to_toml(config: RunConfig) -> str:
     """The resolved configuration as TOML (the run folder's ``config.toml``)."""
     top, tables = [], []

@@ -17,10 +17,11 @@ import torch
 
 from . import data as data_module
 from .backend import Backend
-from .config import ConfigError, RunConfig, to_toml
+from .config import ConfigError, RunConfig, to_toml, with_absolute_paths
 from .degrade import degrade
 from .estimators import make_estimator
 from .files import atomic_write
+from .journal import ANSWERS, JOURNAL, AnswerStore, Journal, JournalError, Recorder
 from .label_maps import make_label_map
 from .losses import make_loss
 from .registry import create_backend
@@ -203,7 +204,7 @@ class Run:
         if saved is not None and state["step"] <= saved["step"]:
             # replaying an interrupted run: it must pass through the state it had saved
             if state["step"] == saved["step"] and not torch.equal(state["theta"], saved["theta"]):
-                raise RuntimeError(f"expected the replay to reach the checkpoint's θ at step {saved['step']}, got "
+                raise JournalError(f"expected the replay to reach the checkpoint's θ at step {saved['step']}, got "
                                    "another θ: the model's answers or the code changed since the run began")
             return
         save_checkpoint(self.run_dir / "checkpoint.pt", state)
@@ -211,7 +212,6 @@ class Run:
     def _saved_checkpoint(self) -> dict | None:
         """The interrupted run's checkpoint, read without unpickling anything but tensors and
         plain containers; a damaged or hostile file is one sentence (the CLI's exit code 2)."""
-        from .journal import JournalError
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
             return None
@@ -225,7 +225,6 @@ class Run:
 
     def _recorder(self):
         """The journal and the answer store, when the config (or a remote backend) asks for them."""
-        from .journal import ANSWERS, JOURNAL, AnswerStore, Journal, Recorder
         mode, backend = self.config.train.journal, self.components.backend
         if mode == "off" or (mode == "auto" and not backend.remote):
             return None
@@ -240,10 +239,7 @@ class Run:
         components = self.components
         self.run_dir = run_dir or new_run_dir(self.config)
         if not resume:
-            store = self.config.train.answer_store
-            if store:                             # a resume from another folder must find the same store
-                self.config = dataclasses.replace(self.config, train=dataclasses.replace(
-                    self.config.train, answer_store=str(Path(store).expanduser().resolve())))
+            self.config = with_absolute_paths(self.config)
             atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
         try:                                      # refused here: nothing was sent
             self._replaying = self._saved_checkpoint() if resume else None   # before the journal is opened

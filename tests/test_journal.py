@@ -500,6 +500,21 @@ def test_a_replay_that_drifts_from_the_interrupted_run_is_refused_before_buying(
     assert CALLS["count"] == 0
 
 
+def test_a_replay_that_misses_the_checkpoints_theta_is_refused_in_one_line_exit_2(finished, tmp_path):
+    """checkpoint.pt is the replay's check: a replay reaching another θ at the saved step (here
+    the checkpoint was altered) is refused with one sentence, every answer read back, none bought."""
+    folder = interrupted_copy(finished, tmp_path / "run", finished["journal"])
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)
+    saved["theta"] = saved["theta"] + 0.5
+    torch.save(saved, folder / "checkpoint.pt")
+    reset_calls()
+    result = CliRunner().invoke(main, ["resume", str(folder), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: expected the replay to reach the checkpoint's θ at step {saved['step']}, got "
+                             "another θ: the model's answers or the code changed since the run began\n")
+    assert CALLS["examples"] == 0
+
+
 def test_one_process_at_a_time_writes_a_journal(finished, tmp_path):
     """A second `bbreprog resume` on a folder whose journal is held is refused (exit 2)."""
     folder, _, _ = killed_with_a_call_in_flight(finished, tmp_path)
