@@ -168,6 +168,10 @@ def resume(run_dir, quiet):
         config = load_config(folder / "config.toml")
     except ConfigError as error:
         _fail(str(error))
+    from .journal import JOURNAL
+    if not (folder / JOURNAL).is_file():
+        click.echo(f"note: {folder} has no {JOURNAL} (train.journal was off): the run starts over and buys "
+                   "every answer again", err=True)
     _train(config, quiet, run_dir=folder)
 
 
@@ -291,7 +295,7 @@ def report(run_dir, output):
 @click.argument("suite_file", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Results folder [runs/bench-<suite name>].")
-@click.option("--jobs", "-j", type=int, default=0, help="Cells run at once [the number of CPUs].")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, help="Cells run at once [0: the number of CPUs].")
 @click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True,
               help="process: a local process pool; serial: one cell after another in this process; "
                    "ray: each cell a Ray task (pip install 'blackbox-reprog[ray]').")
@@ -309,8 +313,6 @@ def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet
         check_suite(suite)
     except SuiteError as error:
         _fail(str(error))
-    if jobs < 0:
-        _fail(f"expected --jobs of 0 (all CPUs) or more, got {jobs}")
     folder = Path(out) if out else Path("runs") / f"bench-{suite.name}"
     progress = None if quiet else _BenchProgress(len(suite.cells()))
     try:

@@ -46,7 +46,8 @@ def describe_installed() -> list[dict]:
 def backend_class(name: str) -> type[Backend]:
     plugins = installed()
     if name not in plugins:
-        close = difflib.get_close_matches(name, list(plugins), n=1)
+        lowered = {installed_name.lower(): installed_name for installed_name in plugins}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UnknownBackend(f"unknown backend {name!r}; {hint}installed: {', '.join(sorted(plugins)) or 'none'}")
     try:

@@ -73,9 +73,10 @@ class Trainer:
         minimum = self.probe_cost + self.map_cost + self.step_cost + 2 * self.validation_cost
         if budget < minimum:
             probe = f"probe {self.probe_cost}, " if self.probe_cost else ""
+            programs = f"{self.search.population} program{'s' if self.search.population != 1 else ''}"
             raise BudgetTooSmall(
                 f"expected a budget of at least {minimum} queries ({probe}label map {self.map_cost}, one step "
-                f"{self.step_cost} = {self.search.population} program(s) × batch {self.batch_size}, two "
+                f"{self.step_cost} = {programs} × batch {self.batch_size}, two "
                 f"validation passes of {self.validation_cost}), got {budget}")
 
     def planned_steps(self, population: int) -> int:

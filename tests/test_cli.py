@@ -24,6 +24,7 @@ def test_backends_lists_the_installed_plugins():
 @pytest.mark.parametrize("args, message", [
     (("--set", "estimator.directons=5"), "error: unknown config key estimator.'directons'; did you mean estimator.'directions'?"),
     (("--set", "backend.name=onxx"), "error: unknown backend 'onxx'; did you mean 'onnx'? installed: callable, http, onnx"),
+    (("--set", "backend.name=ONNX"), "error: unknown backend 'ONNX'; did you mean 'onnx'? installed: callable, http, onnx"),
     (("--set", "data.name=/no/such/file.ts"), "error: "),
     (("--set", "data.name=digits"), "error: the signal program expects 1-D series and a 1-D model input, got target (1, 8, 8) and model input (1024,)"),
     (("--budget", "10"), "error: expected a budget of at least"),
@@ -118,3 +119,38 @@ def test_a_damaged_program_file_is_one_sentence(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: expected a readable program.pt in {tmp_path}, got one that fails to load (")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(tmp_path, monkeypatch):
+    """config.toml keeps the dataset's absolute path, so the run folder works from anywhere."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    y = np.arange(60) % 2
+    x = (rng.normal(size=(60, 64)) + y[:, None]).astype(np.float32)                # (60, 64) two shifted classes
+    np.savez(work / "series.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    monkeypatch.chdir(work)
+    trained = invoke("demo", "--quiet", "--out", "runs", "--budget", "3000", *CALLABLE, "--set", "name=rel",
+                     "--set", "data.name=series.npz", "--set", "transform.grid=16")
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads((work / "runs" / "rel" / "result.json").read_text())
+    assert 'name = "' + str(work / "series.npz") + '"' in (work / "runs" / "rel" / "config.toml").read_text()
+
+    monkeypatch.chdir(elsewhere)
+    evaluated = invoke("evaluate", str(work / "runs" / "rel"))
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_resume_without_a_journal_says_it_buys_everything_again(tmp_path):
+    trained = invoke("demo", "--quiet", "--out", str(tmp_path), "--budget", "3000", *CALLABLE, "--set", "name=nj")
+    assert trained.exit_code == 0, trained.output
+    first = json.loads((tmp_path / "nj" / "result.json").read_text())
+    reset_calls()
+    resumed = invoke("resume", str(tmp_path / "nj"), "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stderr.startswith(f"note: {tmp_path / 'nj'} has no journal.jsonl (train.journal was off): the run "
+                                     "starts over and buys every answer again\n")
+    again = json.loads((tmp_path / "nj" / "result.json").read_text())
+    assert CALLS["examples"] == first["queries"]["total"] and again["test_accuracy"] == first["test_accuracy"]

@@ -932,3 +932,12 @@ def test_concurrency_one_never_overlaps_requests():
         answer = remote.query(x)
     assert answer.top1().tolist() == list(range(size))
     assert len(server.posts) == 4 and server.max_in_flight == 1
+
+
+@pytest.mark.parametrize("options, missing", [({}, "no input_shape and no num_classes"),
+                                              ({"input_shape": [4]}, "no num_classes"),
+                                              ({"num_classes": 3}, "no input_shape")])
+def test_a_missing_input_shape_or_class_count_is_named_before_any_request(options, missing):
+    with pytest.raises(ValueError) as refused:
+        HttpBackend.from_config("http://127.0.0.1:9", protocol="v2", model_name="m", **options)
+    assert str(refused.value).endswith(f"so they are not guessed), got {missing}")

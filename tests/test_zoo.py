@@ -141,11 +141,33 @@ def test_wrong_source_checksum_is_refused(monkeypatch, tmp_path):
     with pytest.raises(build.ChecksumError) as err:
         zoo.model_path("crepe-tiny")
     message = str(err.value)
-    assert "0" * 64 in message and actual in message
-    assert message.count(". ") == 0 and message.endswith(".")   # one sentence
+    assert message.startswith("expected the weights file ") and f"sha256 {'0' * 64}, got {actual}" in message
+    assert message.count(". ") == 0 and "\n" not in message   # one sentence
     assert not (tmp_path / "models" / "crepe-tiny.onnx").exists()
     with pytest.raises(build.ChecksumError):
         zoo.torch_model("crepe-tiny")
+
+
+def test_wrong_source_checksum_is_one_line_exit_2_from_the_cli(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    from blackbox_reprog.cli import main
+    monkeypatch.setenv("BBREPROG_CACHE", str(tmp_path))
+    monkeypatch.setitem(build.PINNED_SHA256, "crepe-tiny", "0" * 64)
+    result = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path / "runs")], catch_exceptions=False)
+    assert result.exit_code == 2 and result.stderr.startswith("error: expected the weights file ")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_misspelt_zoo_name_is_refused_with_the_close_name(backend, tmp_path):
+    from click.testing import CliRunner
+    from blackbox_reprog.cli import main
+    result = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path), "--set", f"backend.name={backend}",
+                                       "--set", "backend.model=crepe-tiyn"], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: expected ") and result.stderr.endswith(
+        "'crepe-tiyn', which is neither (did you mean 'crepe-tiny'?)\n" if backend == "onnx"
+        else "'crepe-tiyn' (did you mean 'crepe-tiny'?)\n")
 
 
 def test_verification_catches_a_mismatch():

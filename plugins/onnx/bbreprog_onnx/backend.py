@@ -9,7 +9,7 @@ import numpy as np
 
 from blackbox_reprog.backend import Backend, InputSpec, Prediction
 
-from .safety import _external_locations, check_model_file
+from .safety import UnsafeModel, _external_locations, check_model_file
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
@@ -30,7 +30,11 @@ def _resolve(model: str) -> Path:
     from blackbox_reprog import zoo
     if model in zoo.zoo_names():
         return zoo.model_path(model)
-    return Path(model).expanduser()
+    path = Path(model).expanduser()
+    if not path.exists() and zoo.close_zoo_name(model):
+        raise UnsafeModel(f"expected an ONNX model file or a zoo name ({', '.join(zoo.zoo_names())}), got "
+                          f"{model!r}, which is neither{zoo.close_zoo_name(model)}")
+    return path
 
 
 def _model_digest(path: Path, locations: list[str]) -> str:

@@ -62,6 +62,9 @@ class TorchBackend(Backend):
             module = zoo.torch_model(model)
             input_shape, num_classes = card.input_shape, card.num_classes
             value_range = value_range or card.value_range
+        elif isinstance(model, str) and zoo.close_zoo_name(model):
+            raise ValueError(f"expected a zoo name ({', '.join(zoo.zoo_names())}) or a \"module:factory\", got "
+                             f"{model!r}{zoo.close_zoo_name(model)}")
         else:
             module = model if isinstance(model, torch.nn.Module) else _load_factory(str(model))
             if input_shape is None or num_classes is None:
