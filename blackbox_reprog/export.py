@@ -11,8 +11,11 @@ toolkit. It is built from three parts joined with ``onnx.compose``:
 3. the head: the model's answers turned into log-probabilities as ``outputs.source_log_probs``
    does, then the run's label map (again its own torch code, exported), then the argmax.
 
-Only runs on a local ONNX model can be exported: elsewhere the model is not ours to copy.
-A JSON sidecar beside the model names the classes. onnx is imported inside functions only.
+A model that is not ours to copy (a remote API, a Python function, or answers cut down to
+``topk``/``label``) is exported *around the call*: ``NAME.program.onnx`` (x → the model's input)
+and ``NAME.head.onnx`` (the model's answers → scores, label), the user's own call to the model
+in between. A JSON sidecar beside the model names the classes and the files. onnx is imported
+inside functions only.
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backend import Backend, InputSpec
 from .degrade import DegradedBackend
 from .files import atomic_write
-from .outputs import FLOOR
+from .outputs import FLOOR, LABEL_EPSILON, TOPK_TOLERANCE
 
-EXPORTABLE_OUTPUTS = ("", "probs")   # backend.output values the graph reproduces
+EXPORTABLE_OUTPUTS = ("", "probs")   # backend.output values one graph reproduces
+OPSET = 17                           # for the parts exported around a call (no source model to follow)
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> dict:
@@ -41,13 +46,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
     if not (run_dir / "program.pt").is_file():
         raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
-    # checked before the backend is built: a remote one would be contacted for nothing
-    if config.backend.name != "onnx":
-        raise ValueError(f"expected a run on a local ONNX model (backend 'onnx') to export, got backend "
-                         f"{config.backend.name!r}; only local ONNX models can be exported for now")
-    if config.backend.output not in EXPORTABLE_OUTPUTS:
-        raise ValueError(f"expected a run on the model's own answers or on probabilities (backend.output '' or "
-                         f"'probs') to export, got backend.output {config.backend.output!r}")
+    # decided before any backend is built: a remote one would be contacted for nothing
+    if config.backend.name != "onnx" or config.backend.output not in EXPORTABLE_OUTPUTS:
+        return export_around_call(run_dir, config, out)
     program = load_program(run_dir)
     try:
         model = _source_model(config.backend.model)
@@ -65,6 +66,124 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
     atomic_write(out, graph.SerializeToString())
     atomic_write(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
+
+
+def export_around_call(run_dir: Path, config, out: Path) -> dict:
+    """The program and the head as two ONNX files, for a model that only the user can call:
+    ``out``'s stem + ``.program.onnx`` (x → model_input) and ``.head.onnx`` (the answers →
+    scores, label). The model's spec comes from result.json: nothing is built or queried."""
+    import onnx
+
+    from .program import load_program
+    try:
+        described = json.loads((run_dir / "result.json").read_text())["backend"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"expected a finished run folder with result.json describing its model, got {run_dir} "
+                         f"({type(error).__name__})") from None
+    model = _DescribedModel(described, k=_answer_k(config, described))
+    program = load_program(run_dir, backend=model)
+    target = torch.zeros(2, *program.transform.target_shape)                        # (2, *target_shape)
+    front = _to_onnx(_Program(program.transform, program.theta, torch.float32), target,
+                     ["x"], ["model_input"], OPSET)
+    head_inputs, examples = _answer_inputs(model)
+    head = _to_onnx(_AnswerHead(program.label_map, model.output_kind, model.num_classes), examples,
+                    head_inputs, ["scores", "label"], OPSET)
+    paths = {"program": out.with_suffix(".program.onnx"), "head": out.with_suffix(".head.onnx")}
+    for part, path in ((front, paths["program"]), (head, paths["head"])):
+        part.graph.name = f"reprogrammed-{path.suffixes[0][1:]}"
+        part.metadata_props.add(key="bbreprog.classes", value=json.dumps(list(program.classes)))
+        onnx.checker.check_model(part, full_check=True)
+    shape = list(model.input_spec.shape)
+    sidecar = {
+        "classes": list(program.classes),
+        "input": {"name": "x", "shape": ["N", *program.transform.target_shape], "dtype": "float32"},
+        "outputs": {"scores": "(N, K) float32 label-map score of each class, in the order of classes",
+                    "label": "(N,) int64 index into classes of the best score"},
+        "program": {"file": paths["program"].name, "input": "x",
+                    "output": {"name": "model_input", "shape": ["N", *shape], "dtype": "float32",
+                               "value_range": list(model.input_spec.value_range)}},
+        "model_call": {"model_id": described.get("model_id", ""), "url": described.get("url", ""),
+                       "answers": model.output_kind, "num_classes": model.num_classes,
+                       "k": model.k if model.output_kind == "topk" else None,
+                       "what": "send model_input to the model, one example per row; give its answers to the head"},
+        "head": {"file": paths["head"].name, "outputs": ["scores", "label"],
+                 "inputs": {name: text.format(C=model.num_classes, k=model.k)
+                            for name, text in zip(head_inputs, _ANSWER_DOCS[model.output_kind])}},
+        "run": str(run_dir),
+        "source_model": config.backend.model,
+    }
+    atomic_write(paths["program"], front.SerializeToString())
+    atomic_write(paths["head"], head.SerializeToString())
+    atomic_write(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar
+
+
+class _DescribedModel(Backend):
+    """The model as result.json describes it: its spec only, for rebuilding the program. It
+    answers nothing: an export around the call never queries."""
+
+    def __init__(self, described: dict, k: int):
+        self.name, self.model_id = described["backend"], described["model_id"]
+        self.output_kind, self.num_classes, self.k = described["output_kind"], int(described["num_classes"]), k
+        self.input_spec = InputSpec(tuple(described["input_shape"]), "float32", tuple(described["value_range"]))
+
+    def _predict(self, x):
+        raise RuntimeError("expected no query while exporting, got one")
+
+
+def _answer_k(config, described: dict) -> int:
+    """How many labels a topk answer holds: the degradation's k, or the API's option."""
+    if "degraded" in described:
+        return int(described["degraded"]["k"])
+    return int(config.backend.options.get("k", config.backend.k))
+
+
+_ANSWER_DOCS = {
+    "logits": ["(N, {C}) float32 logits as the model answers them"],
+    "probs": ["(N, {C}) float32 probabilities as the model answers them"],
+    "topk": ["(N, {k}) int64 class indices of the {k} best, best first", "(N, {k}) float32 their probabilities"],
+    "label": ["(N, 1) int64 the best class index"],
+}
+
+
+def _answer_inputs(model: _DescribedModel) -> tuple[list[str], tuple[torch.Tensor, ...]]:
+    """The head's input names and example tensors for the model's kind of answer."""
+    if model.output_kind in ("logits", "probs"):
+        return ["answers"], (torch.full((2, model.num_classes), 1.0 / model.num_classes),)      # (2, C)
+    if model.output_kind == "topk":
+        labels = torch.arange(model.k).repeat(2, 1)                                             # (2, k)
+        return ["answer_labels", "answer_probs"], (labels, torch.full((2, model.k), 1.0 / model.num_classes))
+    return ["answer_labels"], (torch.zeros(2, 1, dtype=torch.int64),)                          # (2, 1)
+
+
+class _AnswerHead(torch.nn.Module):
+    """Answers of any kind → (scores (N, K), label (N,)), the log-probabilities computed as
+    ``outputs.source_log_probs`` does (in float64 where it does), then the label map."""
+
+    def __init__(self, label_map, kind: str, num_classes: int):
+        super().__init__()
+        self.label_map, self.kind, self.num_classes = label_map, kind, num_classes
+
+    def forward(self, first, second=None):
+        scores = self.label_map(self._log_probs(first, second))                    # (N, K)
+        return scores, scores.argmax(dim=1)
+
+    def _log_probs(self, first, second):
+        classes = self.num_classes
+        if self.kind == "logits":
+            return torch.log_softmax(first.float(), dim=1)                         # (N, C)
+        if self.kind == "probs":
+            return first.float().clamp_min(FLOOR).log()                            # (N, C)
+        if self.kind == "topk":
+            labels, scores = first, second.double().clamp_min(FLOOR)               # (N, k), (N, k)
+            total = scores.sum(dim=1, keepdim=True)                                # (N, 1)
+            scores = scores / torch.where(total > 1.0 + TOPK_TOLERANCE, total, torch.ones_like(total))
+            rest = (1.0 - scores.sum(dim=1, keepdim=True)).clamp_min(0.0) / max(classes - labels.shape[1], 1)
+            probs = rest.clamp_min(FLOOR).expand(-1, classes).contiguous()         # (N, C)
+            return probs.scatter(1, labels, scores).log().float()
+        zero = first[:, :1].to(torch.float64) * 0.0                                # (N, 1), follows the batch
+        rest = (zero + LABEL_EPSILON / max(classes - 1, 1)).expand(-1, classes).contiguous()   # (N, C)
+        return rest.scatter(1, first[:, :1], zero + (1.0 - LABEL_EPSILON)).log().float()
 
 
 def _source_model(model: str):
@@ -154,7 +273,7 @@ def _torch_dtype(numpy_dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=numpy_dtype)).dtype
 
 
-def _to_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int):
+def _to_onnx(module: torch.nn.Module, example, inputs: list[str], outputs: list[str], opset: int):
     """``module`` exported at the source model's opset, with a dynamic batch axis. It is traced
     and frozen first, so torch itself computes everything that depends on constants alone (the
     program's upsampled θ): onnxruntime's Resize differs from torch's interpolation by ~1e-5."""
@@ -165,8 +284,9 @@ def _to_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], 
     # noise: the composed graph is checked against the toolkit's own predictions in the tests.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        frozen = torch.jit.freeze(torch.jit.trace(module.eval(), (example,)))
-        torch.onnx.export(frozen, (example,), buffer, dynamo=False, opset_version=opset,
+        examples = example if isinstance(example, tuple) else (example,)
+        frozen = torch.jit.freeze(torch.jit.trace(module.eval(), examples))
+        torch.onnx.export(frozen, examples, buffer, dynamo=False, opset_version=opset,
                           input_names=inputs, output_names=outputs,
                           dynamic_axes={name: {0: "N"} for name in inputs + outputs})
     return onnx.load_from_string(buffer.getvalue())

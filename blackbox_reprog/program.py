@@ -60,7 +60,9 @@ class Program:
             raise ValueError(f"expected finite target examples, got NaN or infinity in example {bad}")
 
 
-def load_program(run_dir: str | Path) -> Program:
+def load_program(run_dir: str | Path, backend: Backend | None = None) -> Program:
+    """The run's program around its backend, rebuilt from config.toml (or ``backend``, e.g. a
+    stand-in that only declares the model's spec, when nothing is to be queried)."""
     from .degrade import degrade
     from .runner import backend_name, backend_options, build_program
     run_dir = Path(run_dir)
@@ -73,8 +75,9 @@ def load_program(run_dir: str | Path) -> Program:
     except Exception as error:
         raise ValueError(f"expected a readable program.pt in {run_dir}, got one that fails to load "
                          f"({type(error).__name__})") from None
-    backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
-    backend = degrade(backend, config.backend.output, config.backend.k)
+    if backend is None:
+        backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
+        backend = degrade(backend, config.backend.output, config.backend.k)
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)
     transform, label_map = build_program(config, backend, splits.train)

@@ -6,7 +6,8 @@ python blocks in one namespace per page, shell commands through bash with the in
 console script (the `bbreprog` beside sys.executable) first on the PATH, each command's exit
 code checked. A bash block runs when each of its commands starts with `bbreprog ` or
 `.venv/bin/bbreprog `, or is one of the few shell lines a page needs around them:
-`export NAME=VALUE` (expanded by bash, kept for the page's later commands), a bbreprog command
+`export NAME=VALUE` (expanded by bash, kept for the page's later commands and seen by its
+python blocks), a bbreprog command
 ending in `&` (started in the background, like a server the next block talks to) and
 `kill %N` (stops the page's Nth background command and checks that it exits cleanly). Any
 other python or bash block must say why it does not run, or the test fails, so nothing is
@@ -58,7 +59,7 @@ MARKERS = {"not run", "file", "exit", "creates", "output", "setup"}
 PYTHON = {"python", "python3", "py"}
 SHELL = {"bash", "sh", "shell", "console"}
 CLI_PREFIXES = ("bbreprog ", ".venv/bin/bbreprog ")
-COMMAND_TIMEOUT = 300
+COMMAND_TIMEOUT = 900                    # the smoke suite of benchmarks.md takes minutes on a busy CI machine
 
 
 @dataclass
@@ -171,12 +172,27 @@ class Shell:
     folder: Path
     env: dict[str, str]
     background: list[subprocess.Popen] = field(default_factory=list)
+    exported: dict[str, str] = field(default_factory=dict)
 
     def export(self, name: str, value: str) -> None:
         result = subprocess.run(["bash", "-c", f'printf %s {value}'], env=self.env, text=True,
                                 capture_output=True, timeout=60)
         assert result.returncode == 0, f"export {name}: {result.stderr}"
-        self.env[name] = result.stdout
+        self.env[name] = self.exported[name] = result.stdout
+
+    @contextlib.contextmanager
+    def python_sees_exports(self):
+        """A python block reads what the page exported (os.environ), as it would in that shell."""
+        saved = {name: os.environ.get(name) for name in self.exported}
+        os.environ.update(self.exported)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def start(self, command: str, where: str) -> None:
         """A server the page's next commands talk to: started, then awaited until it prints its
@@ -271,7 +287,8 @@ def _run_blocks(page: str, shell: Shell) -> Summary:
             summary.checked.append(str(block.line))
         elif block.lang in PYTHON:
             assert "exit" not in markers, f"{where}: <!-- exit --> is for bash blocks"
-            output = run_python(block, page, namespace)
+            with shell.python_sees_exports():
+                output = run_python(block, page, namespace)
             summary.ran.append(str(block.line))
         elif block.lang in SHELL:
             output = run_bash(block, where, shell)

@@ -139,19 +139,54 @@ def test_export_answers_exactly_as_predict(finished, predicted, counted, tmp_pat
     assert np.abs(scores - np.array([p["scores"] for p in report])).max() < 1e-5
 
 
-def test_export_refuses_a_remote_model_and_a_wrong_file_name(finished, tmp_path):
-    remote = tmp_path / "remote"
-    shutil.copytree(finished["run"], remote)
-    config = load_config(remote / "config.toml")
-    backend = dataclasses.replace(config.backend, name="http", model="http://127.0.0.1:9/v2/models/m", options={})
-    (remote / "config.toml").write_text(to_toml(dataclasses.replace(config, backend=backend)))
-    result = invoke("export", remote, "-o", tmp_path / "model.onnx")
-    assert result.exit_code == 2
-    assert result.stderr == ("error: expected a run on a local ONNX model (backend 'onnx') to export, got backend "
-                             "'http'; only local ONNX models can be exported for now\n")
+def test_export_refuses_a_wrong_file_name(finished, tmp_path):
     result = invoke("export", finished["run"], "-o", tmp_path / "model.json")
     assert result.exit_code == 2 and result.stderr == "error: expected an output file ending in .onnx, got model.json\n"
-    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.json").exists()
+    assert not any(tmp_path.iterdir())
+
+
+CALLABLE = ("--set", "backend.name=callable", "--set", "backend.model=tests.models:signal_model",
+            "--set", "backend.options={input_shape = [1024], num_classes = 32, value_range = [-10.0, 10.0]}")
+
+
+@pytest.mark.parametrize("output", ["", "probs", "topk", "label"])
+def test_a_model_only_the_user_can_call_is_exported_around_the_call(output, tmp_path):
+    """A run on a Python function (as on a remote API): program.onnx → the user's own call →
+    head.onnx gives predict's labels and scores, whatever kind of answer the model gives."""
+    from blackbox_reprog.backend import CallableBackend
+    from blackbox_reprog.degrade import degrade
+    from tests.models import CALLS, reset_calls, signal_model
+    trained = invoke("demo", "--quiet", "--out", tmp_path, "--budget", 2000, *CALLABLE, "--set", "name=api",
+                     "--set", f"backend.output={output!r}", "--set", "train.batch_size=16")
+    assert trained.exit_code == 0, trained.output
+    predicted = invoke("predict", tmp_path / "api", "ItalyPowerDemand", "-o", tmp_path / "p.json")
+    assert predicted.exit_code == 0, predicted.output
+    report = json.loads((tmp_path / "p.json").read_text())["predictions"]
+
+    reset_calls()
+    exported = invoke("export", tmp_path / "api", "-o", tmp_path / "api.onnx")
+    assert exported.exit_code == 0, exported.output
+    assert CALLS["examples"] == 0                                          # nothing is queried to export
+    kind = output or "logits"
+    sidecar = json.loads((tmp_path / "api.json").read_text())
+    assert sidecar["program"]["file"] == "api.program.onnx" and sidecar["head"]["file"] == "api.head.onnx"
+    assert sidecar["model_call"]["answers"] == kind and not (tmp_path / "api.onnx").exists()
+    assert exported.stdout.startswith(f"wrote {tmp_path / 'api.program.onnx'}: x (N, 24) → model_input (N, 1024); ")
+
+    x = load("ItalyPowerDemand")[1].x                                      # (N, 24) the test split
+    program = ort.InferenceSession(str(tmp_path / "api.program.onnx"), providers=["CPUExecutionProvider"])
+    (model_input,) = program.run(None, {"x": x})                           # (N, 1024)
+    api = degrade(CallableBackend(signal_model, input_shape=(1024,), num_classes=32,
+                                  value_range=(-10.0, 10.0)), output, 5)
+    answer = api.query(model_input)                                        # the user's own call
+    feeds = {"logits": {"answers": answer.scores}, "probs": {"answers": answer.scores},
+             "topk": {"answer_labels": answer.labels, "answer_probs": answer.scores},
+             "label": {"answer_labels": answer.labels}}[kind]
+    head = ort.InferenceSession(str(tmp_path / "api.head.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in head.get_inputs()] == list(feeds)
+    scores, label = head.run(None, feeds)
+    assert [sidecar["classes"][i] for i in label.tolist()] == [p["label"] for p in report]
+    assert np.abs(scores - np.array([p["scores"] for p in report])).max() < 1e-5
 
 
 # ---------------------------------------------------------------- the graph's parts, every kind
