@@ -76,8 +76,8 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
     from .backend import BackendUnavailable
     from .journal import JournalError
     from .runner import Run
-    bar = None if quiet else tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
-                                  desc=f"{config.data.name}", file=sys.stderr)
+    bar = None
+    shown_name = Path(config.data.name).name        # the dataset's name, not the folder it is in
 
     def progress(row: dict) -> None:
         if bar is None:
@@ -90,10 +90,11 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
 
     try:
         job = Run(config, progress=progress)
-    except _refusals() as error:            # refused while building: nothing was spent
-        if bar is not None:
-            bar.close()
+    except _refusals() as error:            # refused while building: nothing was spent, nothing drawn
         _fail(str(error))
+    if not quiet:
+        bar = tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True, desc=shown_name,
+                   file=sys.stderr)
     try:
         run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
     except JournalError as error:            # a run folder that does not hold up: refused before buying more
@@ -117,7 +118,7 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
     if summary.get("journal", {}).get("answers_from_store"):
         retried += f"; {summary['journal']['answers_from_store']:,} of them read back from the answer store, not bought"
     click.echo(
-        f"\n{summary['data']['name']}: test accuracy {summary['test_accuracy']:.3f} "
+        f"\n{shown_name}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
         f"queries: {q['total']:,} = {probe}train {q['train']:,} + label-map {q['label-map']:,} + "
         f"validate {q['validate']:,} + test {q['test']:,}{retried}; budget {summary['budget']:,}\n"
@@ -168,11 +169,15 @@ def resume(run_dir, quiet):
         config = load_config(folder / "config.toml")
     except ConfigError as error:
         _fail(str(error))
+    if (folder / "result.json").is_file():
+        _fail(f"expected an interrupted run to resume, got {folder}, which finished (its result.json is written); "
+              "train again to start over")
     from .journal import JOURNAL
-    if not (folder / JOURNAL).is_file():
-        click.echo(f"note: {folder} has no {JOURNAL} (train.journal was off): the run starts over and buys "
-                   "every answer again", err=True)
+    journaled = (folder / JOURNAL).is_file()
     _train(config, quiet, run_dir=folder)
+    if not journaled:                        # said after the run, so that a refusal stays one line
+        click.echo(f"note: {folder} had no {JOURNAL} (train.journal was off): the run started over and bought "
+                   "every answer again", err=True)
 
 
 @main.command()
@@ -257,8 +262,10 @@ def _predictions_json(result, run_dir: str) -> str:
               help="The .onnx file to write; the class names go beside it, in a .json file of the same name.")
 def export(run_dir, output):
     """Write a finished run as one ONNX model: program (θ as constants) → source model → label
-    map, answering 'scores' (one per target class) and 'label' (the index of the best). Runs on
-    a local ONNX model only; no query is spent."""
+    map, answering 'scores' (one per target class) and 'label' (the index of the best). A model
+    that is not a local ONNX file (a remote API) is left out: the program and the head are
+    written as FILE.program.onnx and FILE.head.onnx, to run around your own call to it. No query
+    is spent."""
     from .export import export_run
     try:
         sidecar = export_run(run_dir, output)
@@ -268,8 +275,15 @@ def export(run_dir, output):
         first_line = (str(error).splitlines() or [""])[0]     # torch's exporter explains over many lines
         _fail(f"the export stopped: {type(error).__name__}: {first_line}", code=1)
     shape = ", ".join(map(str, sidecar["input"]["shape"]))
-    click.echo(f"wrote {output}: x ({shape}) → scores (N, {len(sidecar['classes'])}), label (N,); "
-               f"classes in {Path(output).with_suffix('.json')}")
+    classes = f"classes in {Path(output).with_suffix('.json')}"
+    if "head" not in sidecar:
+        click.echo(f"wrote {output}: x ({shape}) → scores (N, {len(sidecar['classes'])}), label (N,); {classes}")
+        return
+    model_input = ", ".join(map(str, sidecar["program"]["output"]["shape"]))
+    folder = Path(output).parent
+    click.echo(f"wrote {folder / sidecar['program']['file']}: x ({shape}) → model_input ({model_input}); "
+               f"{folder / sidecar['head']['file']}: the model's {sidecar['model_call']['answers']} "
+               f"({', '.join(sidecar['head']['inputs'])}) → scores (N, {len(sidecar['classes'])}), label (N,); {classes}")
 
 
 @main.command()

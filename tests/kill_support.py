@@ -186,6 +186,9 @@ def kill_and_resume(config: Path, out: Path, server: ModelServer, *, kills: int,
                 log(f"kill {len(outcome.kills)}: process {index} ({command[1]}) {mode} +{delay:.2f} s, "
                     f"died {kill.at:.2f} s after its start, buying={kill.buying}, in flight {kill.in_flight} "
                     f"({kill.unstored} unstored)")
+            if (run_dir / "result.json").is_file():   # killed after it finished: resume would refuse it
+                outcome.output = stdout.read_text()
+                break
             continue
         _check_exit(code, command, stderr)  # it finished before the kill
         outcome.output = stdout.read_text()

