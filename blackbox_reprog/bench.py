@@ -527,6 +527,8 @@ def markdown(suite: Suite, results: dict) -> str:
                     cells.append("–")
                     continue
                 text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+                if entry["n"] < len(suite.seeds):     # some seeds failed: say over how many
+                    text += f" ({entry['n']} of {len(suite.seeds)} seeds)"
                 cells.append(f"**{text}**" if best[b] == method.name else text)
             cost = table[method.name].get("any")
             label = method.label + (f" ({cost['queries']:,.0f} q)" if method.baseline and cost else "")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.bench import Cell, load_suite
+from blackbox_reprog.bench import Cell, load_suite, markdown, restricted, summarise
 from blackbox_reprog.cli import main
 from blackbox_reprog.data import make_splits
 
@@ -202,3 +202,14 @@ def test_a_suite_run_from_its_own_results_folder_resumes(smoke, tmp_path):
     result = bench(copy / "suite.toml", "--out", copy, "--executor", "serial")
     assert result.exit_code == 0, result.output
     assert "22 cells done (0 run now, 22 from an earlier run), 22 skipped, 0 failed" in result.output
+
+
+def test_a_mean_over_fewer_seeds_than_the_suite_says_so(tmp_path):
+    """A seed that failed leaves a mean over the others: the table must not pass it off as all."""
+    suite = restricted(load_suite(SMOKE), budgets="1500", pairs="ItalyPowerDemand", methods="zo-random")
+    cell = {"pair": "ItalyPowerDemand", "method": "zo-random", "budget": 1500, "queries": 1400, "wall_seconds": 1.0}
+    records = [{**cell, "seed": 0, "id": "ItalyPowerDemand/zo-random/1500-s0", "status": "done", "test_accuracy": 0.8},
+               {**cell, "seed": 1, "id": "ItalyPowerDemand/zo-random/1500-s1", "status": "failed",
+                "reason": "MemoryError: "}]
+    table = markdown(suite, summarise(suite, records, tmp_path))
+    assert "| 0.800 ± 0.000 (1 of 2 seeds) |" in table.replace("**", "")
