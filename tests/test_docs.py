@@ -25,6 +25,9 @@ Markers are HTML comments on the lines just above a fence (invisible on GitHub):
                                  then stderr, per command), '…' standing for any text in a line
     <!-- setup: COMMAND -->      a shell command run before the block, that must succeed (what
                                  a page takes for granted, e.g. a run folder it only shows)
+    <!-- run with: OPTIONS -->   each bbreprog command of the bash block runs with OPTIONS added
+                                 at its end (before a trailing comment), e.g. a smaller budget for
+                                 full-length runs: the commands as written, only shorter
 
 Each page's test prints how many blocks ran, were written, were checked against output, and
 which were not run and why. Run `python -m pytest tests/test_docs.py -s` to see the list.
@@ -55,7 +58,7 @@ OTHER_PAGES: dict[str, str] = {}
 
 FENCE = re.compile(r"^(`{3,})([\w-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*([a-z][a-z ]*?)\s*(?::\s*(.*?))?\s*-->$")
-MARKERS = {"not run", "file", "exit", "creates", "output", "setup"}
+MARKERS = {"not run", "file", "exit", "creates", "output", "setup", "run with"}
 PYTHON = {"python", "python3", "py"}
 SHELL = {"bash", "sh", "shell", "console"}
 CLI_PREFIXES = ("bbreprog ", ".venv/bin/bbreprog ")
@@ -126,6 +129,7 @@ def commands_of(code: str) -> list[str]:
 
 
 EXPORT = re.compile(r"^export ([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+TRAILING_COMMENT = re.compile(r"\s+#\s.*$")
 KILL = re.compile(r"^kill %([1-9][0-9]*)(?:\s+#.*)?$")
 
 
@@ -233,6 +237,7 @@ def run_bash(block: Block, where: str, shell: Shell) -> str:
         f"{where}: a bash block with commands other than bbreprog, export and kill %N ({others[:1] or 'none'}): "
         f"mark it <!-- not run: REASON --> or make each line a bbreprog command")
     expected = int(block.markers.get("exit", ["0"])[0])
+    extra = " ".join(block.markers.get("run with", []))
     output = ""
     for command in commands:
         if exported := EXPORT.match(command):
@@ -244,6 +249,8 @@ def run_bash(block: Block, where: str, shell: Shell) -> str:
         if command.endswith("&") and not command.endswith("&&"):
             shell.start(command[:-1].strip(), where)
             continue
+        if extra:
+            command = f"{TRAILING_COMMENT.sub('', command)} {extra}"
         result = run_command(command, shell.folder, shell.env)
         assert result.returncode == expected, (
             f"{where}: `{command}` exited with {result.returncode}, expected {expected}\n"

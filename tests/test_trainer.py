@@ -54,7 +54,7 @@ def test_the_budget_is_never_exceeded(budget, estimator, label_map, directions, 
 
 def test_budget_smaller_than_one_step_is_refused_with_nothing_spent():
     reset_calls()
-    with pytest.raises(BudgetTooSmall, match=r"expected a budget of at least 161 queries \(label map 53, one step 80 = 5 program\(s\) × batch 16, two validation passes of 14\), got 100"):
+    with pytest.raises(BudgetTooSmall, match=r"expected a budget of at least 161 queries \(label map 53, one step 80 = 5 programs × batch 16, two validation passes of 14\), got 100"):
         build(config(budget=100), backend=backend())
     assert CALLS["examples"] == 0
 
