@@ -10,7 +10,7 @@ import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class ConfigError(ValueError):
@@ -260,17 +260,19 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     """The config with its relative paths made absolute (a dataset or model file that exists,
     the answer store), so that the run folder's config.toml works from any folder: evaluate,
     predict, export and resume read it wherever they are started."""
-    def absolute(value: str, must_exist: bool) -> str:
+    def absolute(value: str, exists: Callable[[Path], bool] | None) -> str:
         path = Path(value).expanduser()
-        if not value or (must_exist and not path.exists()):
+        if not value or (exists is not None and not exists(path)):
             return value                          # a built-in name, a zoo name, a URL, "module:function"
         return str(path.resolve())
 
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, name=absolute(config.data.name, must_exist=True)),
-        backend=dataclasses.replace(config.backend, model=absolute(config.backend.model, must_exist=True)),
-        train=dataclasses.replace(config.train, answer_store=absolute(config.train.answer_store, must_exist=False)))
+        # a dataset may be a folder (a path wins over a built-in name, as data.load reads it)
+        data=dataclasses.replace(config.data, name=absolute(config.data.name, Path.exists)),
+        # a model is a file; a folder named like a zoo model must not hide the zoo name
+        backend=dataclasses.replace(config.backend, model=absolute(config.backend.model, Path.is_file)),
+        train=dataclasses.replace(config.train, answer_store=absolute(config.train.answer_store, None)))
 
 
 def to_toml(config: RunConfig) -> str:
