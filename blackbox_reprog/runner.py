@@ -103,7 +103,7 @@ def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
             raise ConfigError("expected a differentiable loss (ce, focal or margin) for train.method "
                               "'whitebox', got 'zero-one'")
         return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer, 1),
-                                        scores=backend.output_kind)
+                                        scores=backend.output_kind, chunk_size=backend.max_batch)
     ev = config.evolution
     return lambda trainer: Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
                                      seed=config.seed, generations=trainer.planned_steps(ev.popsize))

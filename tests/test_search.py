@@ -116,6 +116,20 @@ def test_whitebox_counts_one_query_per_example_and_matches_onnx_answers():
     assert np.abs(torch_scores - onnx_scores).max() < 1e-3
 
 
+def test_whitebox_steps_in_chunks_move_theta_as_one_batch_does():
+    """A batch of 51 through the torch model in calls of 7 (8 chunks, the last of 2): the chunk
+    gradients add up to the whole batch's, so θ ends where one call of 256 takes it."""
+    thetas = []
+    for max_batch in (7, 256):
+        config = demo(**{"train.method": "whitebox", "budget": 2000, "train.max_steps": 3,
+                         "backend.options": f"{{max_batch = {max_batch}}}"})
+        components = build(config)
+        assert components.backend.max_batch == max_batch
+        thetas.append(components.trainer.fit().theta)
+    assert thetas[0].abs().max() > 0.01                             # θ moved
+    torch.testing.assert_close(thetas[0], thetas[1], atol=1e-4, rtol=1e-3)
+
+
 def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_path):
     config = demo(**{"budget": 30_000, "train.compare_with": "whitebox", "out": f'"{tmp_path}"', "name": "cmp"})
     run_dir, summary = run(config)
