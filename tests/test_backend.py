@@ -63,7 +63,7 @@ def test_callable_from_config_imports_module_function():
     assert backend.query(np.ones((1, 1024), np.float32)).scores.shape == (1, 32)
 
 
-@pytest.mark.parametrize("model", ["crepe-tiny", "efficientnet-lite0"])
+@pytest.mark.parametrize("model", ["crepe-tiny", "efficientnet-lite0", "efficientnet-lite0-128"])
 def test_onnx_zoo_backends_pass_conformance(model):
     backend = create_backend("onnx", model)
     assert check_backend(backend) == ["check_declarations", "check_answers", "check_deterministic",

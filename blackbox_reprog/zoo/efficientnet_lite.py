@@ -71,13 +71,14 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """(B, 3, 224, 224) RGB in [0, 1] -> (B, 1000) ImageNet logits."""
+    """(B, 3, S, S) RGB in [0, 1] -> (B, 1000) ImageNet logits; S = 224 as trained, or smaller
+    (same weights: only the "SAME" paddings follow the size, and the pooling averages a smaller map)."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_size: int = IMAGE_SIZE) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, 2)
+        self._conv_stem = SameConv2d(3, 32, 3, 2, image_size=image_size)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
-        size = IMAGE_SIZE // 2
+        size = math.ceil(image_size / 2)
         blocks = []
         for repeats, k, stride, expand, cin, cout in BLOCKS:
             for r in range(repeats):
@@ -91,11 +92,11 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(1280, 1000)   # dropout before it is a no-op in eval, so omitted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - NORM_MEAN) / NORM_SCALE                                # (B, 3, 224, 224)
-        x = F.relu6(self._bn0(self._conv_stem(x)))                      # (B, 32, 112, 112)
+        x = (x - NORM_MEAN) / NORM_SCALE                                # (B, 3, S, S), S = 224
+        x = F.relu6(self._bn0(self._conv_stem(x)))                      # (B, 32, S/2, S/2)
         for block in self._blocks:
-            x = block(x)                                                # ... (B, 320, 7, 7)
-        x = F.relu6(self._bn1(self._conv_head(x)))                      # (B, 1280, 7, 7)
+            x = block(x)                                                # ... (B, 320, S/32, S/32)
+        x = F.relu6(self._bn1(self._conv_head(x)))                      # (B, 1280, S/32, S/32)
         x = x.mean(dim=(2, 3))                                          # (B, 1280)
         return self._fc(x)                                              # (B, 1000) logits
 
@@ -110,7 +111,7 @@ def weights_path() -> Path:
             / "efficientnet-lite0-57934424.pth")
 
 
-def build_torch(path: Path) -> EfficientNetLite0:
-    model = EfficientNetLite0()
+def build_torch(path: Path, image_size: int = IMAGE_SIZE) -> EfficientNetLite0:
+    model = EfficientNetLite0(image_size)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model.eval()
