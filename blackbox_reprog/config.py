@@ -48,7 +48,8 @@ class LabelMapConfig:
     kind: str = "frequency"         # random | frequency | iterative | linear
     per_class: int = 1              # source labels per target class (many-to-one maps)
     l2: float = 1e-3                # linear head penalty
-    refit: bool = False             # linear head: refit every epoch
+    refit: bool = False             # linear head: refit as training goes (the other maps that refit always do)
+    refit_every: int = 0            # steps between refits, on each example's latest answers; 0 = once an epoch
     blm_lambda: float = 1.0         # blm / blm+: smoothing λ of ω = C / (ΣC + λ)
     blm_topk: int = 0               # blm+: top-k source probabilities summed (0: max(1, ⌊0.15·K⌋), the authors' rule)
 
@@ -194,6 +195,7 @@ _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "label_map.per_class": (1, True), "transform.subspace": (0, True), "backend.k": (1, True),
     "evolution.popsize": (1, True), "evolution.sigma": (0, False), "label_map.blm_lambda": (0, True),
     "label_map.blm_topk": (0, True), "loss.margin": (0, True), "label_map.l2": (0, True), "loss.gamma": (0, True),
+    "label_map.refit_every": (0, True),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }
 

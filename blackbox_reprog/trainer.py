@@ -50,7 +50,7 @@ class Trainer:
     def __init__(self, *, backend: Backend, transform: Transform, label_map: LabelMap, loss,
                  make_search: Callable[["Trainer"], Search], train: Dataset, validation: Dataset,
                  test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
-                 eval_every: int = 10, seed: int = 0,
+                 eval_every: int = 10, refit_every: int = 0, seed: int = 0,
                  on_step: Callable[[dict], None] | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0):
         self.backend, self.transform, self.label_map = backend, transform, label_map
@@ -58,6 +58,7 @@ class Trainer:
         self.train_set, self.validation, self.test = train, validation, test
         self.batch_size = min(int(batch_size), len(train))
         self.max_steps, self.eval_every, self.seed = int(max_steps), max(int(eval_every), 1), int(seed)
+        self.refit_every = int(refit_every)        # steps between refits of the map; 0: once an epoch
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.checkpoint_every = int(checkpoint_every)
         self.ledger = Ledger(backend, budget)
@@ -126,18 +127,19 @@ class Trainer:
 
         if self.probe_cost:   # one real input, answer decoded and checked, before the bulk is spent
             self.log_probs(torch.zeros(1, self.transform.num_params), x_train[:self.probe_cost], "probe")
+        latest = None          # (N, C): each training example's latest answers, for refits
         if self.label_map.needs_fit:
             zero = torch.zeros(self.transform.num_params)
-            self.label_map.fit(self._dataset_log_probs(zero, self.train_set, "label-map"), y_train)
+            latest = self._dataset_log_probs(zero, self.train_set, "label-map")
+            self.label_map.fit(latest, y_train)
         start_map = self.label_map.state_dict()             # the map as fitted to the zero program
 
         best = {"loss": math.inf, "accuracy": None, "theta": self.theta.detach().clone(),
                 "map": self.label_map.state_dict(), "step": 0}
         self._validate(0, best)
 
-        steps_per_epoch = math.ceil(len(self.train_set) / self.batch_size)
+        refit_every = self.refit_every or math.ceil(len(self.train_set) / self.batch_size)
         self.stream: list[int] = []
-        epoch_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         history: list[dict] = []
         step = 0
         try:
@@ -152,12 +154,12 @@ class Trainer:
                 row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
                 if not torch.isfinite(losses).all():
                     row["non_finite"] = self.search.non_finite
-                if self.label_map.refit_each_epoch:
-                    # outputs around θ, already paid for: refitting the map costs no query
-                    epoch_outputs.append((around, yb))
-                    if step % steps_per_epoch == 0:
-                        self.label_map.fit(torch.cat([o for o, _ in epoch_outputs]), torch.cat([t for _, t in epoch_outputs]))
-                        epoch_outputs.clear()
+                if self.label_map.refit_each_epoch and latest is not None:
+                    # answers around θ, already paid for, replace each example's older ones
+                    # (the zero program's at first): refitting the map costs no query
+                    latest[index] = around
+                    if step % refit_every == 0:
+                        self.label_map.fit(latest, y_train)
                 if step % self.eval_every == 0 or not self._can_step(step):
                     validated = self._validate(step, best)
                     if validated:

@@ -108,6 +108,29 @@ def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
     assert not torch.equal(result.label_map.assignment, first_map.assignment)   # the map did move
 
 
+
+@pytest.mark.parametrize("refit_every, max_steps, fits_after_start", [(3, 7, [3, 6]), (0, 9, [4, 8])])
+def test_the_map_is_refitted_on_each_examples_latest_answers(refit_every, max_steps, fits_after_start):
+    """Every refit sees the whole training split: the answers bought around θ for the examples
+    batched so far, the zero program's for the rest. 0 refits once an epoch (53 examples, batch 16:
+    every 4 steps)."""
+    cfg = config(budget=20000, **{"label_map.kind": "linear", "label_map.refit": True,
+                                  "label_map.refit_every": refit_every, "train.max_steps": max_steps,
+                                  "optimizer.lr": 0.5})
+    trainer = build(cfg, backend=backend()).trainer
+    fits, steps = [], []
+    fit = trainer.label_map.fit
+    # a refit happens inside step s, before the step's row is reported: len(steps) is s - 1 then
+    trainer.label_map.fit = lambda log_probs, y: fits.append((len(steps) + bool(fits), log_probs.clone(), y.clone())) or fit(log_probs, y)
+    trainer.on_step = steps.append
+    trainer.fit()
+    assert [at for at, _, _ in fits] == [0] + fits_after_start
+    start, first_refit = fits[0][1], fits[1][1]
+    assert start.shape == first_refit.shape == (len(trainer.train_set), 32)
+    changed = (first_refit != start).any(dim=1)                      # (N,) rows answered again
+    assert 0 < int(changed.sum()) <= fits_after_start[0] * 16
+    assert torch.equal(fits[1][2], torch.as_tensor(trainer.train_set.y))
+
 def test_cosine_schedule_reaches_zero_when_the_budget_runs_out():
     cfg = config(budget=3000, **{"optimizer.schedule": "cosine", "train.eval_every": 1})
     trainer = build(cfg, backend=backend()).trainer
