@@ -316,11 +316,12 @@ def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
 
 # ---- running a suite --------------------------------------------------------------------------
 def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "process",
-              on_event: Callable[[str, str, dict], None] | None = None) -> dict:
+              on_event: Callable[[str, str, dict], None] | None = None, report_only: bool = False) -> dict:
     """Run every cell not already finished, ``jobs`` at a time; write the results; return them.
     A cell that fails is recorded as failed (its error in one line) and the others go on.
-    ``on_event(kind, cell_id, info)`` hears "start", "progress", "done", "skipped", "failed",
-    "resumed"."""
+    ``report_only``: run nothing, write the results of the cells finished by earlier commands
+    (the others are "not run"). ``on_event(kind, cell_id, info)`` hears "start", "progress",
+    "done", "skipped", "failed", "resumed"."""
     if executor not in EXECUTORS:
         raise SuiteError(f"expected an executor among {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "ray":
@@ -340,6 +341,8 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
         elif record is not None:
             records[cell.id] = record
             event("resumed", cell.id, record)
+        elif report_only:
+            records[cell.id] = {**dataclasses.asdict(cell), "id": cell.id, "status": "not run"}
         else:
             todo.append(cell)
     jobs = jobs or os.cpu_count() or 1
@@ -350,6 +353,9 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
         records[record["id"]] = record
         ran += record["status"] == "done"
         event(record["status"], record["id"], record)
+    if ran:                                       # the commands behind the cells, for the results' readers
+        with open(out / "commands.log", "a") as log:
+            log.write(f"{datetime.date.today().isoformat()}  {command_line() or 'run_suite()'}\n")
     results = summarise(suite, [records[c.id] for c in suite.cells()], out)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["ran"] = ran                          # cells finished now; the others finished before or were not run
@@ -467,9 +473,20 @@ def summarise(suite: Suite, records: list[dict], out: Path) -> dict:
     return {"suite": suite.name, "description": suite.description, "budgets": list(suite.budgets),
             "seeds": list(suite.seeds), "methods": {m.name: {"label": m.label, "baseline": m.baseline,
                                                                 "black_box": m.black_box} for m in suite.methods},
-            "date": datetime.date.today().isoformat(), "machine": machine(), "command": " ".join(
-                ["bbreprog", *sys.argv[1:]]) if Path(sys.argv[0]).name == "bbreprog" else "",
-            "summary": table, "skipped": skipped, "cells": records}
+            "date": datetime.date.today().isoformat(), "machine": machine(), "command": command_line(),
+            "cell_commands": cell_commands(out), "summary": table, "skipped": skipped, "cells": records}
+
+
+def command_line() -> str:
+    """The bbreprog command this process runs ('' when it is not the CLI)."""
+    return " ".join(["bbreprog", *sys.argv[1:]]) if Path(sys.argv[0]).name == "bbreprog" else ""
+
+
+def cell_commands(out: Path) -> list[str]:
+    """The distinct commands that ran cells into ``out`` (commands.log), oldest first."""
+    log = out / "commands.log"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return list(dict.fromkeys(line.split("  ", 1)[-1] for line in lines if line.strip()))
 
 
 def machine() -> dict:
@@ -506,6 +523,12 @@ def markdown(suite: Suite, results: dict) -> str:
               f"Seeds {', '.join(map(str, suite.seeds))}; test accuracy, mean ± std over seeds; budgeted queries "
               "(everything but the test pass) on the columns; `–`: the budget does not pay for it; "
               "in bold, the best black-box method of each budget.", ""]
+    earlier = [c for c in results.get("cell_commands", []) if c != results["command"]]
+    if earlier:
+        lines += ["The cells were run by: " + "; ".join(f"`{c}`" for c in earlier) + ".", ""]
+    if any(c["status"] == "not run" for c in results["cells"]):
+        lines += ["`not run`: no command has run that cell yet (the same command without `--report` runs it).", ""]
+    not_run = {(c["pair"], c["method"], c["budget"]) for c in results["cells"] if c["status"] == "not run"}
     for pair in suite.pairs:
         lines += [f"## {pair.name}", ""]
         if pair.name in results["skipped"]:
@@ -523,6 +546,9 @@ def markdown(suite: Suite, results: dict) -> str:
             cells = []
             for b in suite.budgets:
                 entry = table[method.name].get("any" if method.baseline else str(b))
+                if entry is None and (pair.name, method.name, None if method.baseline else b) in not_run:
+                    cells.append("not run")
+                    continue
                 if entry is None or (method.baseline and entry["queries"] > b):
                     cells.append("–")
                     continue

@@ -317,8 +317,11 @@ def report(run_dir, output):
 @click.option("--seeds", metavar="S,S,…", help="Only these seeds instead of the suite's.")
 @click.option("--pairs", metavar="NAME,…", help="Only these pairs of the suite.")
 @click.option("--methods", metavar="NAME,…", help="Only these methods of the suite.")
+@click.option("--report", is_flag=True,
+              help="Run no cell: write the results of the cells finished in OUT by earlier commands "
+                   "(e.g. several restricted ones), the others marked 'not run'.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet):
+def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, report, quiet):
     """Run a benchmark suite: every pair × method × budget × seed, resuming a half-finished
     one; writes results.md, results.json and a plot per pair into OUT."""
     from .bench import SuiteError, check_suite, headline, load_suite, restricted, run_suite
@@ -328,20 +331,22 @@ def bench(suite_file, out, jobs, executor, budgets, seeds, pairs, methods, quiet
     except SuiteError as error:
         _fail(str(error))
     folder = Path(out) if out else Path("runs") / f"bench-{suite.name}"
-    progress = None if quiet else _BenchProgress(len(suite.cells()))
+    progress = None if quiet or report else _BenchProgress(len(suite.cells()))
     try:
         results = run_suite(suite, folder, jobs=jobs, executor=executor,
-                            on_event=progress.event if progress else None)
+                            on_event=progress.event if progress else None, report_only=report)
     except SuiteError as error:
         _fail(str(error))
     finally:
         if progress:
             progress.close()
     click.echo(headline(results))
-    count = {status: sum(c["status"] == status for c in results["cells"]) for status in ("done", "skipped", "failed")}
+    count = {status: sum(c["status"] == status for c in results["cells"])
+             for status in ("done", "skipped", "failed", "not run")}
+    not_run = f", {count['not run']} not run" if count["not run"] else ""
     click.echo(f"{count['done']} cells done ({results['ran']} run now, {count['done'] - results['ran']} from an "
-               f"earlier run), {count['skipped']} skipped, {count['failed']} failed, in {results['seconds']:.0f} s; "
-               f"results: {folder / 'results.md'}")
+               f"earlier run), {count['skipped']} skipped, {count['failed']} failed{not_run}, in "
+               f"{results['seconds']:.0f} s; results: {folder / 'results.md'}")
     if count["failed"]:
         failed = [f"{c['id']}: {c['reason']}" for c in results["cells"] if c["status"] == "failed"]
         more = f"; and {len(failed) - 3} more, listed in results.md" if len(failed) > 3 else ""

@@ -213,3 +213,23 @@ def test_a_mean_over_fewer_seeds_than_the_suite_says_so(tmp_path):
                 "reason": "MemoryError: "}]
     table = markdown(suite, summarise(suite, records, tmp_path))
     assert "| 0.800 ± 0.000 (1 of 2 seeds) |" in table.replace("**", "")
+
+
+def test_report_runs_nothing_and_marks_what_no_command_has_run(smoke, tmp_path):
+    """Cells run by several restricted commands, then one table: --report writes it from the
+    cells on disk and runs none of the missing ones."""
+    out, _, before = smoke
+    copy = tmp_path / "smoke"
+    shutil.copytree(out, copy)
+    lost = [c["id"] for c in before["cells"] if c["status"] == "done" and c["budget"] == 4000]
+    for cell_id in lost:
+        shutil.rmtree(copy / "cells" / cell_id)
+    result = bench(SMOKE, "--out", copy, "--report")
+    assert result.exit_code == 0, result.output
+    assert f"0 run now, {22 - len(lost)} from an earlier run), 22 skipped, 0 failed, {len(lost)} not run" in result.output
+    assert all(not (copy / "cells" / cell_id).exists() for cell_id in lost)      # nothing ran
+    table = (copy / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| ZO SPSA-GC"))
+    assert row.endswith("| not run |") and "± " in row.split("|")[2]       # 1,500 measured, 4,000 not run
+    assert "`not run`: no command has run that cell yet" in table
+    assert (copy / "commands.log").read_text().count("run_suite()") == 1       # only the smoke fixture's run
