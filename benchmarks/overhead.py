@@ -8,7 +8,7 @@
    map, loss, Adam) against a bare torch forward + backward of the same model on the same
    batches, with the input as the leaf.
 3. Peak resident memory (VmHWM) of a process running a few steps of each configuration,
-   the largest (EfficientNet-Lite0 at 224 px, frame program) included.
+   the largest (DiagonalCMA on EfficientNet-Lite0 at 224 px: 640 images a step) included.
 
 Rounds alternate the two sides so the shared machine's noise hits both alike.
 
@@ -33,12 +33,20 @@ from blackbox_reprog.cli import DEMO
 from blackbox_reprog.config import load_config
 from blackbox_reprog.runner import build
 
-IMAGE = {   # the largest configuration: the default image model, full 224 px canvas
+IMAGE = {   # the default image model at its full 224 px canvas
     "budget": 10_000_000, "backend": {"name": "onnx", "model": "efficientnet-lite0"},
     "data": {"name": "digits"}, "transform": {"kind": "frame", "grid": 8},
     "label_map": {"kind": "frequency", "per_class": 10},
     "estimator": {"kind": "random", "directions": 10, "smoothing": 0.01},
     "train": {"batch_size": 32}}
+# the largest: DiagonalCMA's population of 20 × batch 32 = 640 images of 224 px a step
+IMAGE_CMA = {**IMAGE, "train": {"batch_size": 32, "method": "evolution"},
+             "evolution": {"optimizer": "DiagonalCMA", "popsize": 20}}
+IMAGE_WHITEBOX = {**IMAGE, "train": {"batch_size": 32, "method": "whitebox"}}
+# the image default of benchmarks/suites/image.toml (zo-linear) at 128 px
+IMAGE_128 = {**IMAGE, "backend": {"name": "onnx", "model": "efficientnet-lite0-128"},
+             "label_map": {"kind": "linear", "refit": True, "refit_every": 10},
+             "estimator": {"kind": "antithetic", "directions": 2, "smoothing": 0.01}, "train": {"batch_size": 16}}
 
 
 def components(base: dict, method: str = "blackbox"):
@@ -57,9 +65,11 @@ def batches(trainer, steps: int, seed: int = 0):
         yield x[index], y[index]
 
 
-def blackbox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
+def blackbox_side_by_side(base: dict, rounds: int, steps: int, raw_batch: int = 0) -> dict:
+    """``raw_batch``: the raw side sends calls of this many examples instead of the backend's."""
     built = components(base)
     trainer, backend = built.trainer, built.backend
+    chunk = raw_batch or backend.max_batch
     work = list(batches(trainer, steps))
     # the raw side: exactly the inputs the steps send, made once (the first step's θ perturbations)
     raw_inputs = []
@@ -68,7 +78,7 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
         with torch.no_grad():
             inputs = trainer.transform(thetas, xb)                            # (P, B, *source)
         flat = inputs.reshape(-1, *inputs.shape[2:]).numpy().astype(np.float32)
-        raw_inputs.append([flat[i:i + backend.max_batch] for i in range(0, len(flat), backend.max_batch)])
+        raw_inputs.append([flat[i:i + chunk] for i in range(0, len(flat), chunk)])
     queries = sum(sum(len(c) for c in chunks) for chunks in raw_inputs)
     toolkit, raw = [], []
     trainer.search.step(trainer, *work[0])                                     # warm both paths once
@@ -85,7 +95,8 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
         raw.append(queries / (time.perf_counter() - started))
     backend.close()
     return {"model": backend.model_id[:24], "queries_per_round": queries, "population": trainer.search.population,
-            "batch": trainer.batch_size, "toolkit_qps": toolkit, "raw_qps": raw}
+            "batch": trainer.batch_size, "max_batch": backend.max_batch, "raw_call": chunk,
+            "toolkit_qps": toolkit, "raw_qps": raw}
 
 
 def whitebox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
@@ -117,7 +128,8 @@ def whitebox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
 def peak_memory(name: str, steps: int) -> float:
     """MiB: a fresh process builds the configuration and runs ``steps`` training steps."""
     code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import overhead; built = overhead.components(overhead.CONFIGS[{name!r}]); "
+            f"import overhead; base = overhead.CONFIGS[{name!r}]; "
+            f"built = overhead.components(base, base['train'].get('method', 'blackbox')); "
             f"[built.trainer.search.step(built.trainer, xb, yb) for xb, yb in overhead.batches(built.trainer, {steps})]; "
             "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec
@@ -126,7 +138,10 @@ def peak_memory(name: str, steps: int) -> float:
 
 
 CONFIGS = {"signal (demo: CREPE-tiny, q = 20, batch 64)": DEMO,
-           "image (EfficientNet-Lite0 224 px, frame, q = 10, batch 32)": IMAGE}
+           "image (EfficientNet-Lite0 224 px, frame, q = 10, batch 32)": IMAGE,
+           "image (EfficientNet-Lite0 224 px, DiagonalCMA, population 20 × batch 32)": IMAGE_CMA,
+           "image (EfficientNet-Lite0 224 px, white-box, batch 32)": IMAGE_WHITEBOX,
+           "image default (EfficientNet-Lite0 128 px, antithetic q = 2, batch 16, linear head)": IMAGE_128}
 
 
 def main() -> int:
@@ -139,14 +154,23 @@ def main() -> int:
     signal = blackbox_side_by_side(DEMO, args.rounds, args.steps)
     whitebox = whitebox_side_by_side(DEMO, args.rounds, args.steps)
     image = blackbox_side_by_side(IMAGE, max(3, args.rounds // 2), 1)
+    image_256 = blackbox_side_by_side(IMAGE, max(3, args.rounds // 2), 1, raw_batch=256)
+    image_128 = blackbox_side_by_side(IMAGE_128, max(3, args.rounds // 2), 4)
+    image_whitebox = whitebox_side_by_side(IMAGE_WHITEBOX, max(3, args.rounds // 2), 1)
     memory = {name: peak_memory(name, 2) for name in CONFIGS}
     median = lambda values: float(np.median(values))                                     # noqa: E731
     rows = [
         ("black-box ZO step, CREPE-tiny (q/s)", signal["toolkit_qps"], signal["raw_qps"], "raw onnxruntime, same inputs"),
         ("black-box ZO step, EfficientNet-Lite0 224 px (q/s)", image["toolkit_qps"], image["raw_qps"],
          "raw onnxruntime, same inputs"),
+        ("black-box ZO step, EfficientNet-Lite0 224 px, against calls of 256 (q/s)", image_256["toolkit_qps"],
+         image_256["raw_qps"], "raw onnxruntime, same inputs in calls of 256, the default until 2026-11-29"),
+        ("black-box image default step, EfficientNet-Lite0 128 px (q/s)", image_128["toolkit_qps"],
+         image_128["raw_qps"], "raw onnxruntime, same inputs"),
         ("white-box step, CREPE-tiny (examples/s)", whitebox["toolkit_eps"], whitebox["bare_eps"],
          "bare torch forward + backward"),
+        ("white-box step, EfficientNet-Lite0 224 px, batch 32 (examples/s)", image_whitebox["toolkit_eps"],
+         image_whitebox["bare_eps"], "bare torch forward + backward of the whole batch at once"),
     ]
     table = "\n".join(f"| {name} | {median(ours):,.0f} | {median(theirs):,.0f} ({what}) | {median(ours) / median(theirs):.2f} |"
                       for name, ours, theirs, what in rows)
@@ -157,8 +181,10 @@ def main() -> int:
 `{command}` — {datetime.date.today().isoformat()}, {platform.node()} ({platform.machine()}, {platform.system()}, Python {platform.python_version()}, torch {torch_version}, {threads} torch threads; onnxruntime default threads).
 
 Medians of alternating rounds ({args.rounds} for CREPE-tiny, {max(3, args.rounds // 2)} for EfficientNet-Lite0; {args.steps} steps a round for CREPE-tiny: {signal['queries_per_round']:,} queries,
-population {signal['population']} × batch {signal['batch']}; 1 step a round for EfficientNet-Lite0: {image['queries_per_round']:,} queries).
-The ratio is toolkit ÷ raw: 1.00 would mean the toolkit adds nothing to the model's own time.
+population {signal['population']} × batch {signal['batch']}; 1 step a round for EfficientNet-Lite0 224 px: {image['queries_per_round']:,} queries,
+the toolkit in calls of {image['max_batch']} (`local_max_batch`); 4 steps a round at 128 px: {image_128['queries_per_round']:,} queries in calls of {image_128['max_batch']}).
+The ratio is toolkit ÷ raw: 1.00 would mean the toolkit adds nothing to the model's own time; above 1, the toolkit's
+calls are faster than the raw side's (smaller calls on a CPU, and a white-box batch in chunks of {image['max_batch']}).
 
 | what | toolkit | the model alone | ratio |
 |---|---|---|---|
@@ -173,7 +199,8 @@ Peak resident memory of a fresh process that builds the configuration and runs 2
 <details><summary>Every round</summary>
 
 ```json
-{json.dumps({"signal": signal, "image": image, "whitebox": whitebox}, indent=1)}
+{json.dumps({"signal": signal, "image": image, "image_calls_of_256": image_256, "image_128": image_128,
+             "whitebox": whitebox, "image_whitebox": image_whitebox}, indent=1)}
 ```
 
 </details>
