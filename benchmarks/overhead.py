@@ -69,7 +69,7 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int, raw_batch: int = 
     """``raw_batch``: the raw side sends calls of this many examples instead of the backend's."""
     built = components(base)
     trainer, backend = built.trainer, built.backend
-    chunk = raw_batch or backend.max_batch
+    call_size = raw_batch or backend.max_batch
     work = list(batches(trainer, steps))
     # the raw side: exactly the inputs the steps send, made once (the first step's θ perturbations)
     raw_inputs = []
@@ -78,7 +78,7 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int, raw_batch: int = 
         with torch.no_grad():
             inputs = trainer.transform(thetas, xb)                            # (P, B, *source)
         flat = inputs.reshape(-1, *inputs.shape[2:]).numpy().astype(np.float32)
-        raw_inputs.append([flat[i:i + chunk] for i in range(0, len(flat), chunk)])
+        raw_inputs.append([flat[i:i + call_size] for i in range(0, len(flat), call_size)])
     queries = sum(sum(len(c) for c in chunks) for chunks in raw_inputs)
     toolkit, raw = [], []
     trainer.search.step(trainer, *work[0])                                     # warm both paths once
@@ -95,7 +95,7 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int, raw_batch: int = 
         raw.append(queries / (time.perf_counter() - started))
     backend.close()
     return {"model": backend.model_id[:24], "queries_per_round": queries, "population": trainer.search.population,
-            "batch": trainer.batch_size, "max_batch": backend.max_batch, "raw_call": chunk,
+            "batch": trainer.batch_size, "max_batch": backend.max_batch, "raw_call": call_size,
             "toolkit_qps": toolkit, "raw_qps": raw}
 
 

@@ -97,10 +97,10 @@ class Prediction:
 
 def local_max_batch(input_shape: Sequence[int], device: str = "cpu") -> int:
     """Examples per call for a local model whose user names no ``max_batch``. On a CPU small calls
-    are both faster and lighter: EfficientNet-Lite0 at 224 px answered 97 images/s in calls of 4
-    against 29/s in calls of 256, at 1.0 against 8.8 GB peak memory (benchmarks/results/
-    overhead.md), so a call carries about a million input values (6 such images; 256 CREPE-tiny
-    frames, where the speed is flat). A GPU wants large calls."""
+    are both faster and lighter: EfficientNet-Lite0 at 224 px answered 85 images/s in calls of 6
+    against 59/s in calls of 256, and a training step peaked at 1.1 against 9.0 GB
+    (benchmarks/results/overhead.md). So a call carries about a million input values (6 such
+    images; 256 CREPE-tiny frames, where the speed is flat). A GPU wants large calls."""
     if device == "cuda":
         return 256
     return max(1, min(256, 2 ** 20 // math.prod(input_shape)))

@@ -67,8 +67,9 @@ class ZerothOrder(Search):
 class Autograd(Search):
     """White-box: ``forward`` maps a (B, *source_shape) tensor to (B, C) logits with autograd.
     The batch goes through in chunks of ``chunk_size`` examples whose gradients add up to the
-    batch's (every loss is a mean over examples): on a CPU, EfficientNet-Lite0 trains 3.5× faster
-    in chunks of 8 than in one batch of 32, in a third of the memory."""
+    batch's (every loss is a mean over examples): on a CPU, a batch of 32 EfficientNet-Lite0 images
+    trains at 22 examples/s in chunks of 6 against 14/s at once (benchmarks/results/overhead.md),
+    and in a third of the memory."""
 
     kind = "whitebox"
 

@@ -392,8 +392,8 @@ def test_batch_splitting_gives_the_same_scores(folder):
 
 
 def test_calls_carry_about_a_million_input_values_unless_told_otherwise(folder):
-    """On a CPU, EfficientNet-sized calls of 6 images are 3× faster and 8× lighter than calls
-    of 256 (benchmarks/results/overhead.md); small inputs keep 256; a GPU keeps 256."""
+    """On a CPU, EfficientNet-sized calls of 6 images are faster and 8× lighter than calls of
+    256 (benchmarks/results/overhead.md); small inputs keep 256; a GPU keeps 256."""
     from blackbox_reprog.backend import local_max_batch
     assert local_max_batch((3, 224, 224)) == 6
     assert local_max_batch((1024,)) == 256 and local_max_batch((1, 1 << 22)) == 1
