@@ -44,7 +44,7 @@ _ZOO = {
         num_classes=1000,
         output_kind="logits",
         licence="Apache-2.0"),
-    # The same network and weights at 128 px: a third of the compute per query (3× the queries an
+    # The same network and weights at 128 px: a third of the compute per query (about 2.5× the queries an
     # hour on a CPU) for image programs, whose budgets run to 1e5-1e6 queries.
     "efficientnet-lite0-128": ZooModel(
         name="efficientnet-lite0-128",
