@@ -106,6 +106,15 @@ def local_max_batch(input_shape: Sequence[int], device: str = "cpu") -> int:
     return max(1, min(256, 2 ** 20 // math.prod(input_shape)))
 
 
+def checked_max_batch(max_batch: int | None, input_shape: Sequence[int], device: str = "cpu") -> int:
+    """The user's ``max_batch`` (refused below 1), or ``local_max_batch`` when none is named."""
+    if max_batch is None:
+        return local_max_batch(input_shape, device)
+    if int(max_batch) < 1:
+        raise ValueError(f"expected max_batch of at least 1, got {max_batch}")
+    return int(max_batch)
+
+
 class Backend:
     """A model that can be queried. Subclasses set the attributes and implement ``_predict``.
 

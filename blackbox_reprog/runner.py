@@ -57,7 +57,8 @@ def build(config: RunConfig, *, backend: Backend | None = None,
                       train=splits.train, validation=splits.validation, test=splits.test,
                       budget=config.budget, batch_size=config.train.batch_size,
                       max_steps=config.train.max_steps, eval_every=config.train.eval_every,
-                      refit_every=config.label_map.refit_every, seed=config.seed, on_step=on_step, on_checkpoint=on_checkpoint,
+                      refit_every=config.label_map.refit_every, seed=config.seed,
+                      on_step=on_step, on_checkpoint=on_checkpoint,
                       checkpoint_every=config.train.checkpoint_every)
     return Components(backend, splits, trainer)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blackbox_reprog.backend import Backend, InputSpec, Prediction, local_max_batch
+from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
 
 from .safety import UnsafeModel, _external_locations, check_model_file
 
@@ -91,9 +91,7 @@ class OnnxBackend(Backend):
         if not isinstance(classes, int):
             raise ValueError(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
         self.num_classes = classes
-        if max_batch is not None and int(max_batch) < 1:
-            raise ValueError(f"expected max_batch of at least 1, got {max_batch}")
-        self.max_batch = int(max_batch) if max_batch is not None else local_max_batch(shape, device)
+        self.max_batch = checked_max_batch(max_batch, shape, device)
         self.model_id = "onnx:sha256:" + _model_digest(self.path, _external_locations(proto))
 
     @staticmethod

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from blackbox_reprog.backend import Backend, InputSpec, Prediction, local_max_batch
+from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
 
 
 def _module_digest(module: torch.nn.Module) -> str:
@@ -77,10 +77,7 @@ class TorchBackend(Backend):
         self.input_spec = InputSpec(tuple(int(s) for s in input_shape), "float32",
                                     tuple(value_range) if value_range else (-math.inf, math.inf))
         self.num_classes, self.output_kind = int(num_classes), output_kind
-        if max_batch is not None and int(max_batch) < 1:
-            raise ValueError(f"expected max_batch of at least 1, got {max_batch}")
-        self.max_batch = (int(max_batch) if max_batch is not None
-                          else local_max_batch(self.input_spec.shape, self.device.type))
+        self.max_batch = checked_max_batch(max_batch, self.input_spec.shape, self.device.type)
         self.model_id = f"torch:{label}:sha256:{_module_digest(self.module)}"
 
     def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
