@@ -62,6 +62,9 @@ def read_inputs(inputs: list[str] | tuple[str, ...], target_shape: tuple[int, ..
         x = _read_npy(path)
     elif path.is_file() and suffix in SERIES_SUFFIXES:
         x = _read_series(path)
+    elif path.is_file() and suffix != ".ts":    # .ts is the one dataset file the branches above leave
+        raise ValueError(f"expected a dataset (.ts, .npz, .txt), an array (.npy, .npz), a series (.csv, .txt) "
+                         f"or image ({', '.join(IMAGE_SUFFIXES)}) file, or a folder of images, got {path.name!r}")
     else:                                       # a dataset name or path: its test split, or its only split
         train, test = data_module.load(inputs[0])
         x = (test if test is not None else train).x

@@ -113,6 +113,8 @@ def test_predict_reads_series_one_per_line_and_prints_them(finished, counted, pr
     ("long.csv", lambda p: p.write_text(",".join(["0.5"] * 25) + "\n"), "expected target examples of shape (24,), got (25,)"),
     ("ragged.txt", lambda p: p.write_text("1 2 3\n1 2\n"), "expected every series in ragged.txt to have 3 values like line 1, got 2 on line 2"),
     ("nan.csv", lambda p: p.write_text(",".join(["nan"] * 24) + "\n"), "expected finite target examples, got NaN or infinity in example 0"),
+    ("rows.xlsx", lambda p: p.write_text("0.5\n"), "expected a dataset (.ts, .npz, .txt), an array (.npy, .npz), a series "
+     "(.csv, .txt) or image (.png, .jpg, .jpeg) file, or a folder of images, got 'rows.xlsx'"),
 ])
 def test_predict_refuses_inputs_of_another_shape_before_any_query(finished, counted, tmp_path, name, write, message):
     write(tmp_path / name)

@@ -228,3 +228,11 @@ def test_no_onnx_import_at_module_level():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_module_help_explains_and_builds_nothing(tmp_path):
+    env = {**os.environ, "BBREPROG_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "blackbox_reprog.zoo", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m blackbox_reprog.zoo")
+    assert not (tmp_path / "cache").exists()

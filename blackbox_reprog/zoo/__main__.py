@@ -1,10 +1,16 @@
 """``python -m blackbox_reprog.zoo``: build every zoo model, one line per model."""
 from __future__ import annotations
 
+import argparse
+
 from . import build, model_path, torch_model, zoo_model, zoo_names
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # parsed only so that --help explains instead of starting a build of several minutes
+    argparse.ArgumentParser(prog="python -m blackbox_reprog.zoo", description=(
+        "Build (or find in the cache) every zoo model, check each against its torch original, "
+        "and print one line per model: name, path, sha256 and the largest output difference.")).parse_args(argv)
     for name in zoo_names():
         path = model_path(name)
         # re-check the (possibly cached) file against torch so the line reports a real number
