@@ -403,6 +403,15 @@ def test_calls_carry_about_a_million_input_values_unless_told_otherwise(folder):
     with pytest.raises(ValueError, match="expected max_batch of at least 1, got 0"):
         OnnxBackend(path, max_batch=0)
 
+
+def test_threads_default_to_omp_num_threads_so_processes_sharing_a_cpu_do_not_fight(folder, monkeypatch):
+    path = save(matmul_model(), folder / "m.onnx")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 1
+    assert OnnxBackend(path, threads=3).session.get_session_options().intra_op_num_threads == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 0
+
 # ---------------------------------------------------------------- 12: model ids
 
 def test_model_id_is_the_file_checksum_and_follows_its_bytes(folder):

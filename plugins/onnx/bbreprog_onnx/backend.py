@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,10 @@ class OnnxBackend(Backend):
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.providers = self._providers(ort, device)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
+        # onnxruntime ignores OMP_NUM_THREADS and takes every core; processes sharing a CPU
+        # (bench workers, or yours) then fight over them: two at 1 thread each do 310 images/s
+        # of 128 px, two at the default 171 (benchmarks/results/overhead.md)
+        options.intra_op_num_threads = int(threads) or int(os.environ.get("OMP_NUM_THREADS") or 0)
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         self.device = device
