@@ -409,6 +409,8 @@ def test_threads_default_to_omp_num_threads_so_processes_sharing_a_cpu_do_not_fi
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 1
     assert OnnxBackend(path, threads=3).session.get_session_options().intra_op_num_threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")      # OpenMP's nested form: not a plain count
+    assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 0
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 0
 

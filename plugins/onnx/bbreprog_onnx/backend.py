@@ -15,6 +15,14 @@ from .safety import UnsafeModel, _external_locations, check_model_file
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
 
+def _threads_from_environment() -> int:
+    """OMP_NUM_THREADS when it is a plain count, else 0 (onnxruntime's default: every core).
+    onnxruntime itself ignores the variable, so processes sharing a CPU (bench workers, or
+    yours) would each take every core and slow one another down (benchmarks/results/shared_cpu.md)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def _parse_range(text: str) -> tuple[float, float]:
     """'low,high' from the model's metadata."""
     try:
@@ -65,10 +73,7 @@ class OnnxBackend(Backend):
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.providers = self._providers(ort, device)
         options = ort.SessionOptions()
-        # onnxruntime ignores OMP_NUM_THREADS and takes every core; processes sharing a CPU
-        # (bench workers, or yours) then fight over them: two at 1 thread each do 310 images/s
-        # of 128 px, two at the default 171 (benchmarks/results/overhead.md)
-        options.intra_op_num_threads = int(threads) or int(os.environ.get("OMP_NUM_THREADS") or 0)
+        options.intra_op_num_threads = int(threads) or _threads_from_environment()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         self.device = device
