@@ -598,9 +598,11 @@ def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{suite.name}: {pair}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    # below the axes: inside, a dozen long labels hide the points they name
+    labels = len(ax.get_legend_handles_labels()[1])
+    fig.set_size_inches(7.0, 3.6 + 0.16 * labels)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
