@@ -23,19 +23,7 @@ import torch
 from blackbox_reprog import data as data_module
 from blackbox_reprog.label_maps import target_accuracy
 from blackbox_reprog.ledger import Ledger
-from blackbox_reprog.outputs import source_log_probs
-from blackbox_reprog.program import Program, load_program
-
-
-def answers(program: Program, x: np.ndarray, ledger: Ledger) -> torch.Tensor:
-    """(N, ...) targets → (N, C) the model's log-probabilities at the program's θ."""
-    parts = []
-    for i in range(0, len(x), program.chunk):
-        with torch.no_grad():
-            inputs = program.transform(program.theta[None], torch.as_tensor(x[i:i + program.chunk]))[0]
-        prediction = ledger.query(inputs.numpy().astype(program.backend.input_spec.dtype), "test")
-        parts.append(source_log_probs(prediction))
-    return torch.cat(parts)
+from blackbox_reprog.program import load_program
 
 
 def compare(run_dir: Path) -> dict:
@@ -44,7 +32,8 @@ def compare(run_dir: Path) -> dict:
     splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                                      test_fraction=config.data.test_fraction, seed=config.seed)
     ledger = Ledger(program.backend, None)
-    train, validation, test = (answers(program, s.x, ledger) for s in (splits.train, splits.validation, splits.test))
+    train, validation, test = (program.source_log_probs(s.x, ledger, "test")
+                               for s in (splits.train, splits.validation, splits.test))
 
     def accuracies() -> tuple[float, float]:
         return (target_accuracy(program.label_map(validation), torch.as_tensor(splits.validation.y)),

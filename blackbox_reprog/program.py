@@ -29,12 +29,16 @@ class Program:
 
     def target_logits(self, x: np.ndarray, ledger: Ledger, purpose: str) -> torch.Tensor:
         """(N, ...) targets → (N, K) target-class logits, in calls of at most ``chunk``."""
+        return self.label_map(self.source_log_probs(x, ledger, purpose))
+
+    def source_log_probs(self, x: np.ndarray, ledger: Ledger, purpose: str) -> torch.Tensor:
+        """(N, ...) targets → (N, C) the model's log-probabilities at θ, in calls of at most ``chunk``."""
         parts = []
         for i in range(0, len(x), self.chunk):
             with torch.no_grad():
                 inputs = self.transform(self.theta[None], torch.as_tensor(x[i:i + self.chunk]))[0]
             prediction = ledger.query(inputs.numpy().astype(self.backend.input_spec.dtype), purpose)
-            parts.append(self.label_map(source_log_probs(prediction)))
+            parts.append(source_log_probs(prediction))
         return torch.cat(parts)
 
     def evaluate(self, data_name: str | None = None) -> dict:

@@ -414,6 +414,7 @@ def test_threads_default_to_omp_num_threads_so_processes_sharing_a_cpu_do_not_fi
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert OnnxBackend(path).session.get_session_options().intra_op_num_threads == 0
 
+
 # ---------------------------------------------------------------- 12: model ids
 
 def test_model_id_is_the_file_checksum_and_follows_its_bytes(folder):
