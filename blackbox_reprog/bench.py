@@ -537,11 +537,7 @@ def markdown(suite: Suite, results: dict) -> str:
         table = results["summary"][pair.name]
         header = "| method | " + " | ".join(f"{b:,}" for b in suite.budgets) + " |"
         lines += [header, "|---|" + "---|" * len(suite.budgets)]
-        best = {}
-        for b in suite.budgets:
-            trained = [(v[str(b)]["mean"], name) for name, v in table.items()
-                       if suite.method(name).black_box and str(b) in v]
-            best[b] = max(trained)[1] if trained else None
+        best = {b: best_black_box(suite, table, b) for b in suite.budgets}
         for method in suite.methods:
             cells = []
             for b in suite.budgets:
@@ -559,12 +555,59 @@ def markdown(suite: Suite, results: dict) -> str:
             cost = table[method.name].get("any")
             label = method.label + (f" ({cost['queries']:,.0f} q)" if method.baseline and cost else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines += ["", f"![{pair.name}]({pair.name}.png)", ""]
+        lines += [""] + against_bounds(suite, table, pair.name)
+        lines += [f"![{pair.name}]({pair.name}.png)", ""]
     failures = [c for c in results["cells"] if c["status"] == "failed"]
     if failures:
         lines += ["## Failed cells", "", "Not in the tables; the same command runs them again.", ""]
         lines += [f"- `{c['id']}`: {c['reason']}" for c in failures] + [""]
     return "\n".join(lines)
+
+
+def best_black_box(suite: Suite, table: dict, budget: int) -> str | None:
+    """The black-box method with the highest mean test accuracy at ``budget`` (None: none ran)."""
+    trained = [(v[str(budget)]["mean"], name) for name, v in table.items()
+               if suite.method(name).black_box and str(budget) in v]
+    return max(trained)[1] if trained else None
+
+
+def white_box_bound(suite: Suite, pair: str, name: str) -> str | None:
+    """The white-box method with the same transform and label map as method ``name``: what the
+    same program and map reach with exact gradients bounds what queries alone can reach."""
+    def shape(method: str):
+        config = suite.config(Cell(pair, method, max(suite.budgets), suite.seeds[0]), Path())
+        return config.transform, config.label_map
+    wanted = shape(name)
+    return next((m.name for m in suite.methods
+                 if m.settings.get("train.method") == "whitebox" and shape(m.name) == wanted), None)
+
+
+def against_bounds(suite: Suite, table: dict, pair: str) -> list[str]:
+    """Per budget: the best black-box method against the best map fitted to the zero program
+    that the budget pays for, and against the white-box bound of its own transform and map."""
+    def shown(entry: dict | None) -> str:
+        return "not run" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+
+    rows = []
+    for b in suite.budgets:
+        name = best_black_box(suite, table, b)
+        if name is None:
+            continue
+        entry = table[name][str(b)]
+        zero = [(v["any"]["mean"], m) for m, v in table.items()
+                if suite.method(m).baseline == "zero" and "any" in v and v["any"]["queries"] <= b]
+        baseline = f"`{max(zero)[1]}` {shown(table[max(zero)[1]]['any'])}" if zero else "–"
+        bound_name = white_box_bound(suite, pair, name)
+        bound = table[bound_name].get(str(b)) if bound_name else None
+        ratio = f"{100 * entry['mean'] / bound['mean']:.0f} %" if bound and bound["mean"] > 0 else "–"
+        rows.append(f"| {b:,} | `{name}` {shown(entry)} | {baseline} | "
+                    + (f"`{bound_name}` {shown(bound)}" if bound_name else "none in the suite") + f" | {ratio} |")
+    if not rows:
+        return []
+    return ["The best black-box method of each budget, against the best map fitted to the zero program "
+            "and the white-box bound (the same transform and map trained with exact gradients):", "",
+            "| budget | best black-box | best zero-program baseline | white-box bound | black-box ÷ white-box |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:

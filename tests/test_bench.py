@@ -40,7 +40,7 @@ def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
     for method in suite.methods:
         assert f"| {method.label}" in table
     assert "Skipped: /nonexistent/dataset-for-the-smoke-suite is absent" in table
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    rows = [line.split(" | ") for line in method_rows(table)]
     for column in (1, 2):                                   # each budget: one best black-box method, in bold
         bold = [row[0] for row in rows if row[column].startswith("**")]
         assert len(bold) == 1 and bold[0].startswith(("| ZO", "| DiagonalCMA")), bold
@@ -51,6 +51,40 @@ def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
     for name, by_budget in summary.items():
         for entry in by_budget.values():
             assert entry["n"] == 2 and 0 <= entry["mean"] <= 1 and entry["std"] >= 0
+
+
+def method_rows(table: str) -> list[str]:
+    """The rows of the methods × budgets table (the first table of the markdown)."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |")) + 2
+    return lines[start:lines.index("", start)]
+
+
+def test_each_budget_sets_the_best_black_box_method_against_the_head_and_its_white_box_bound(smoke):
+    """Below the table, per budget: the best black-box method, the best zero-program map and the
+    white-box method of the same transform and map, with the ratio of the two accuracies."""
+    out, _, results = smoke
+    table = (out / "results.md").read_text()
+    summary = results["summary"]["ItalyPowerDemand"]
+    for budget in ("1500", "4000"):
+        best = max((v[budget]["mean"], name) for name, v in summary.items()
+                   if results["methods"][name]["black_box"] and budget in v)[1]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {int(budget):,} |"))
+        ratio = 100 * summary[best][budget]["mean"] / summary["whitebox"][budget]["mean"]
+        assert f"| `{best}` {summary[best][budget]['mean']:.3f}" in row
+        assert f"| `whitebox` {summary['whitebox'][budget]['mean']:.3f}" in row
+        assert row.endswith(f"| {ratio:.0f} % |")
+    heads = [(v["any"]["mean"], n) for n, v in summary.items() if results["methods"][n]["baseline"] == "zero"]
+    assert f"| `{max(heads)[1]}` {max(heads)[0]:.3f}" in row
+
+
+def test_a_black_box_method_without_a_white_box_twin_says_so(tmp_path):
+    suite = restricted(load_suite(SMOKE), budgets="1500", pairs="ItalyPowerDemand", methods="zo-random")
+    cell = {"pair": "ItalyPowerDemand", "method": "zo-random", "budget": 1500, "queries": 1400, "wall_seconds": 1.0}
+    records = [{**cell, "seed": s, "id": f"ItalyPowerDemand/zo-random/1500-s{s}", "status": "done",
+                "test_accuracy": 0.8} for s in (0, 1)]
+    table = markdown(suite, summarise(suite, records, tmp_path))
+    assert "| 1,500 | `zo-random` 0.800 ± 0.000 | – | none in the suite | – |" in table
 
 
 def test_every_cell_keeps_within_its_budget_and_baselines_cost_what_they_should(smoke):
