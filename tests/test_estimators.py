@@ -68,6 +68,17 @@ def test_spsa_gc_adds_the_momentum_correction():
     assert est.population == 10                  # R = 5 draws × 2 evaluations (BlackVIP)
 
 
+def test_spsa_gc_divides_by_the_perturbation_size_it_used():
+    """c_k shrinks every step (c/k^γ): the difference quotient must divide by the c_k the
+    programs were perturbed with, not the next one (2^0.1, 7 % too large on the first step)."""
+    est = make_estimator("spsa-gc", 1, directions=3, smoothing=0.1)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.zeros(1)
+    for _ in range(3):                          # f(θ) = 3θ: in one dimension every draw gives 3 exactly
+        raw = est.estimate(3.0 * est.propose(theta, gen)[:, 0]) - est.beta * est.momentum
+        assert torch.allclose(raw, torch.tensor([3.0]), rtol=1e-5)
+
+
 def test_populations_match_documented_costs():
     assert make_estimator("random", 8, directions=20, smoothing=0.01).population == 21
     assert make_estimator("antithetic", 8, directions=3, smoothing=0.01).population == 6
