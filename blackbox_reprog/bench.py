@@ -548,9 +548,7 @@ def markdown(suite: Suite, results: dict) -> str:
                 if entry is None or (method.baseline and entry["queries"] > b):
                     cells.append("–")
                     continue
-                text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
-                if entry["n"] < len(suite.seeds):     # some seeds failed: say over how many
-                    text += f" ({entry['n']} of {len(suite.seeds)} seeds)"
+                text = accuracy_text(entry, len(suite.seeds))
                 cells.append(f"**{text}**" if best[b] == method.name else text)
             cost = table[method.name].get("any")
             label = method.label + (f" ({cost['queries']:,.0f} q)" if method.baseline and cost else "")
@@ -562,6 +560,12 @@ def markdown(suite: Suite, results: dict) -> str:
         lines += ["## Failed cells", "", "Not in the tables; the same command runs them again.", ""]
         lines += [f"- `{c['id']}`: {c['reason']}" for c in failures] + [""]
     return "\n".join(lines)
+
+
+def accuracy_text(entry: dict, seeds: int) -> str:
+    """Mean ± std over the seeds, saying over how many when some failed or were not run."""
+    text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+    return text + (f" ({entry['n']} of {seeds} seeds)" if entry["n"] < seeds else "")
 
 
 def best_black_box(suite: Suite, table: dict, budget: int) -> str | None:
@@ -586,7 +590,7 @@ def against_bounds(suite: Suite, table: dict, pair: str) -> list[str]:
     """Per budget: the best black-box method against the best map fitted to the zero program
     that the budget pays for, and against the white-box bound of its own transform and map."""
     def shown(entry: dict | None) -> str:
-        return "not run" if entry is None else f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+        return "not run" if entry is None else accuracy_text(entry, len(suite.seeds))
 
     rows = []
     for b in suite.budgets:

@@ -247,6 +247,7 @@ def test_a_mean_over_fewer_seeds_than_the_suite_says_so(tmp_path):
                 "reason": "MemoryError: "}]
     table = markdown(suite, summarise(suite, records, tmp_path))
     assert "| 0.800 ± 0.000 (1 of 2 seeds) |" in table.replace("**", "")
+    assert "| 1,500 | `zo-random` 0.800 ± 0.000 (1 of 2 seeds) |" in table        # and below the table
 
 
 def test_report_runs_nothing_and_marks_what_no_command_has_run(smoke, tmp_path):
