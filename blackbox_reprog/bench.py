@@ -577,7 +577,8 @@ def best_black_box(suite: Suite, table: dict, budget: int) -> str | None:
 
 def white_box_bound(suite: Suite, pair: str, name: str) -> str | None:
     """The white-box method with the same transform and label map as method ``name``: what the
-    same program and map reach with exact gradients bounds what queries alone can reach."""
+    same program and map reach with exact gradients, the reference for what queries alone reach
+    (not always above it: exact steps can overfit a small training split)."""
     def shape(method: str):
         config = suite.config(Cell(pair, method, max(suite.budgets), suite.seeds[0]), Path())
         return config.transform, config.label_map
@@ -600,7 +601,8 @@ def against_bounds(suite: Suite, table: dict, pair: str) -> list[str]:
         entry = table[name][str(b)]
         zero = [(v["any"]["mean"], m) for m, v in table.items()
                 if suite.method(m).baseline == "zero" and "any" in v and v["any"]["queries"] <= b]
-        baseline = f"`{max(zero)[1]}` {shown(table[max(zero)[1]]['any'])}" if zero else "–"
+        head = max(zero)[1] if zero else None
+        baseline = f"`{head}` {shown(table[head]['any'])}" if head else "–"
         bound_name = white_box_bound(suite, pair, name)
         bound = table[bound_name].get(str(b)) if bound_name else None
         ratio = f"{100 * entry['mean'] / bound['mean']:.0f} %" if bound and bound["mean"] > 0 else "–"
