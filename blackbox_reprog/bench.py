@@ -28,7 +28,9 @@ A suite file::
 A pair may say ``requires = "/path"`` (and ``install = "how"``): when the path is absent its
 cells are skipped, and the report says why. Each finished cell writes ``cell.json`` with a
 digest of its config; running the suite again skips those, so a half-finished suite resumes
-(a cell whose config changed runs again). Results: ``results.json``, ``results.md`` and one
+(a cell whose config changed runs again). ``cells/`` is not committed, but ``results.json``
+lists the finished cells: in a fresh clone their ``cell.json`` are written back from it, so
+running more cells there keeps the committed results. Results: ``results.json``, ``results.md`` and one
 ``<pair>.png`` of test accuracy (mean ± std over seeds) against queries.
 """
 from __future__ import annotations
@@ -314,6 +316,28 @@ def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
     return record if record.get("status") == "done" and record.get("config_digest") == digest else None
 
 
+def restore_recorded_cells(out: Path) -> int:
+    """Write back the ``cell.json`` of every finished cell that ``out/results.json`` lists and
+    whose folder is absent (a fresh clone: ``cells/`` is not committed); return how many.
+    Their config digests are checked later, as for any finished cell."""
+    try:
+        cells = json.loads((out / "results.json").read_text()).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return 0
+    root = (out / "cells").resolve()
+    restored = 0
+    for record in cells:
+        if not (isinstance(record, dict) and record.get("status") == "done" and isinstance(record.get("id"), str)):
+            continue
+        folder = (root / record["id"]).resolve()
+        if len(Path(record["id"]).parts) != 3 or not folder.is_relative_to(root) or folder.exists():
+            continue                               # a pair/method/budget-seed id only, and never over a folder
+        folder.mkdir(parents=True)
+        atomic_write(folder / "cell.json", (json.dumps(record, indent=1) + "\n").encode())
+        restored += 1
+    return restored
+
+
 # ---- running a suite --------------------------------------------------------------------------
 def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "process",
               on_event: Callable[[str, str, dict], None] | None = None, report_only: bool = False) -> dict:
@@ -330,6 +354,7 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
     if not (out / "suite.toml").exists() or not (out / "suite.toml").samefile(suite.path):
         shutil.copyfile(suite.path, out / "suite.toml")
     event = on_event or (lambda *args: None)
+    restore_recorded_cells(out)
     records: dict[str, dict] = {}
     todo = []
     for cell in suite.cells():
@@ -672,6 +697,6 @@ def headline(results: dict) -> str:
             parts.append(f"best black-box at {int(largest):,} queries: {max(trained)[1]} {max(trained)[0]:.3f}")
         if base:
             parts.append(f"best baseline: {max(base)[1]} {max(base)[0]:.3f}")
-        lines.append(f"{pair}: " + "; ".join(parts) if parts else f"{pair}: no finished cell")
+        lines.append(f"{pair}: " + "; ".join(parts) if parts else f"{pair}: no black-box or baseline cell finished")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.bench import Cell, load_suite, markdown, restricted, summarise
+from blackbox_reprog.bench import Cell, load_suite, markdown, restore_recorded_cells, restricted, summarise
 from blackbox_reprog.cli import main
 from blackbox_reprog.data import make_splits
 
@@ -259,6 +259,8 @@ def test_report_runs_nothing_and_marks_what_no_command_has_run(smoke, tmp_path):
     lost = [c["id"] for c in before["cells"] if c["status"] == "done" and c["budget"] == 4000]
     for cell_id in lost:
         shutil.rmtree(copy / "cells" / cell_id)
+    listed = {**before, "cells": [c for c in before["cells"] if c["id"] not in lost]}   # as if run by no command
+    (copy / "results.json").write_text(json.dumps(listed))
     result = bench(SMOKE, "--out", copy, "--report")
     assert result.exit_code == 0, result.output
     assert f"0 run now, {22 - len(lost)} from an earlier run), 22 skipped, 0 failed, {len(lost)} not run" in result.output
@@ -268,3 +270,38 @@ def test_report_runs_nothing_and_marks_what_no_command_has_run(smoke, tmp_path):
     assert row.endswith("| not run |") and "± " in row.split("|")[2]       # 1,500 measured, 4,000 not run
     assert "`not run`: no command has run that cell yet" in table
     assert (copy / "commands.log").read_text().count("run_suite()") == 1       # only the smoke fixture's run
+
+
+def test_a_fresh_clone_keeps_the_committed_results_when_it_runs_more_cells(smoke, tmp_path):
+    """cells/ is not committed: results.json is what a clone has of the cells, and a command
+    that runs a few more cells there must not drop the others from the table."""
+    out, _, before = smoke
+    clone = tmp_path / "smoke"
+    clone.mkdir()
+    for name in ("results.json", "suite.toml", "commands.log"):
+        shutil.copy(out / name, clone / name)
+    extra = next(c for c in before["cells"] if c["status"] == "done" and c["budget"] == 4000)
+    listed = {**before, "cells": [c for c in before["cells"] if c["id"] != extra["id"]]}   # one cell left to run
+    (clone / "results.json").write_text(json.dumps(listed))
+    result = bench(SMOKE, "--out", clone, "--executor", "serial", "--budgets", 4000, "--seeds", extra["seed"],
+                   "--pairs", extra["pair"], "--methods", extra["method"])
+    assert result.exit_code == 0, result.output
+    assert "1 cells done (1 run now, 0 from an earlier run)" in result.output
+    assert len(json.loads((clone / "results.json").read_text())["cells"]) == 1    # that command's part only
+    result = bench(SMOKE, "--out", clone, "--report")
+    assert result.exit_code == 0, result.output
+    assert "22 cells done (0 run now, 22 from an earlier run), 22 skipped, 0 failed, in " in result.output
+    after = {c["id"]: c for c in json.loads((clone / "results.json").read_text())["cells"]}
+    assert all(after[c["id"]]["test_accuracy"] == c["test_accuracy"] for c in before["cells"] if c["status"] == "done")
+
+
+def test_a_listed_cell_is_not_written_outside_its_folder_or_over_one(smoke, tmp_path):
+    out, _, before = smoke
+    clone = tmp_path / "smoke"
+    shutil.copytree(out, clone)
+    kept = next(c for c in before["cells"] if c["status"] == "done")
+    (clone / "cells" / kept["id"] / "cell.json").unlink()             # a cell cut short by a later run
+    forged = {**kept, "id": "../outside/x"}                           # three parts, one of them ".."
+    (clone / "results.json").write_text(json.dumps({**before, "cells": [*before["cells"], forged]}))
+    assert restore_recorded_cells(clone) == 0
+    assert not (clone / "outside").exists() and not (clone / "cells" / kept["id"] / "cell.json").exists()
