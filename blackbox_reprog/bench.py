@@ -30,8 +30,8 @@ cells are skipped, and the report says why. Each finished cell writes ``cell.jso
 digest of its config; running the suite again skips those, so a half-finished suite resumes
 (a cell whose config changed runs again). ``cells/`` is not committed, but ``results.json``
 lists the finished cells: in a fresh clone their ``cell.json`` are written back from it, so
-running more cells there keeps the committed results. Results: ``results.json``, ``results.md`` and one
-``<pair>.png`` of test accuracy (mean ± std over seeds) against queries.
+running more cells there keeps the committed results. Results: ``results.json``,
+``results.md`` and one ``<pair>.png`` of test accuracy (mean ± std over seeds) against queries.
 """
 from __future__ import annotations
 
