@@ -298,8 +298,12 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
                       queries=summary["budgeted_queries"], test_queries=summary["queries"]["test"],
                       steps=summary["steps"], stopped=summary["stopped"])
     record.update(status="done", wall_seconds=round(time.perf_counter() - started, 2))
-    atomic_write(folder / "cell.json", (json.dumps(record, indent=1) + "\n").encode())
+    write_cell_record(folder, record)
     return record
+
+
+def write_cell_record(folder: Path, record: dict) -> None:
+    atomic_write(folder / "cell.json", (json.dumps(record, indent=1) + "\n").encode())
 
 
 def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
@@ -333,7 +337,7 @@ def restore_recorded_cells(out: Path) -> int:
         if len(Path(record["id"]).parts) != 3 or not folder.is_relative_to(root) or folder.exists():
             continue                               # a pair/method/budget-seed id only, and never over a folder
         folder.mkdir(parents=True)
-        atomic_write(folder / "cell.json", (json.dumps(record, indent=1) + "\n").encode())
+        write_cell_record(folder, record)
         restored += 1
     return restored
 
