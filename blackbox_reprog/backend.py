@@ -10,16 +10,18 @@ import importlib
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import numpy as np
+
+from .errors import Refusal
 
 OutputKind = Literal["logits", "probs", "topk", "label"]
 OUTPUT_KINDS: tuple[str, ...] = ("logits", "probs", "topk", "label")
 
 
-class InputError(ValueError):
+class InputError(Refusal):
     """An input batch does not match the backend's input spec (nothing was sent)."""
 
 
@@ -111,7 +113,7 @@ def checked_max_batch(max_batch: int | None, input_shape: Sequence[int], device:
     if max_batch is None:
         return local_max_batch(input_shape, device)
     if int(max_batch) < 1:
-        raise ValueError(f"expected max_batch of at least 1, got {max_batch}")
+        raise Refusal(f"expected max_batch of at least 1, got {max_batch}")
     return int(max_batch)
 
 
@@ -200,7 +202,7 @@ class CallableBackend(Backend):
                  value_range: tuple[float, float] = (-math.inf, math.inf),
                  max_batch: int = 256, model_id: str = ""):
         if output_kind not in ("logits", "probs", "label"):
-            raise ValueError(f"expected output_kind logits, probs or label, got {output_kind!r}")
+            raise Refusal(f"expected output_kind logits, probs or label, got {output_kind!r}")
         self.fn = fn
         self.input_spec = InputSpec(tuple(int(s) for s in input_shape), dtype, tuple(value_range))
         self.num_classes = int(num_classes)
@@ -213,16 +215,16 @@ class CallableBackend(Backend):
         """``model`` is "package.module:function"; options give the spec."""
         module_name, sep, attribute = model.partition(":")
         if not sep:
-            raise ValueError(f"expected a callable as 'module:function', got {model!r}")
+            raise Refusal(f"expected a callable as 'module:function', got {model!r}")
         if os.getcwd() not in sys.path:      # like `python -m`, find modules in the working folder
             sys.path.append(os.getcwd())
         try:
             function = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
-            raise ValueError(f"expected an importable callable {model!r}, got {type(error).__name__}: {error}") from None
+            raise Refusal(f"expected an importable callable {model!r}, got {type(error).__name__}: {error}") from None
         missing = {"input_shape", "num_classes"} - set(options)
         if missing:
-            raise ValueError(f"expected backend.options {sorted(missing)} for a callable backend, got {sorted(options)}")
+            raise Refusal(f"expected backend.options {sorted(missing)} for a callable backend, got {sorted(options)}")
         return cls(function, **options)
 
     def _predict(self, x: np.ndarray) -> Prediction:

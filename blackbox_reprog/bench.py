@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, RunConfig, _flatten, load_config, merge, to_toml, with_absolute_paths
+from .errors import Refusal
 from .files import atomic_write
 from .journal import JOURNAL
 
@@ -57,7 +58,7 @@ BASELINES = ("zero", "scratch")
 EXECUTORS = ("process", "serial", "ray")
 
 
-class SuiteError(ValueError):
+class SuiteError(Refusal):
     """A suite file that cannot run; raised before any cell starts."""
 
 

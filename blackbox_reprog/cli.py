@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
 
 from .config import ConfigError, RunConfig, load_config
+from .errors import Refusal
 
 DEMO = {
     "budget": 200_000,
@@ -27,14 +29,9 @@ DEMO = {
 }
 
 
-def _refusals() -> tuple[type[BaseException], ...]:
-    """Errors that mean 'bad input, nothing spent': one sentence, exit code 2."""
-    from .backend import InputError
-    from .data import DataError
-    from .registry import UnknownBackend
-    from .trainer import BudgetTooSmall
-    return (ConfigError, DataError, InputError, UnknownBackend, BudgetTooSmall, ValueError,
-            FileNotFoundError)
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()
 
 
 def _fail(message: str, code: int = 2):
@@ -74,14 +71,17 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
     from tqdm import tqdm
 
     from .backend import BackendUnavailable
-    from .journal import JournalError
     from .runner import Run
     bar = None
     shown_name = Path(config.data.name).name        # the dataset's name, not the folder it is in
 
     def progress(row: dict) -> None:
-        if bar is None:
+        nonlocal bar
+        if quiet:
             return
+        if bar is None:                      # drawn at the first step, so a refusal found while
+            bar = tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
+                       desc=shown_name, file=sys.stderr)      # starting stays one line
         bar.update(row["queries"] - bar.n)
         postfix = {"step": row["step"], "loss": f"{row['loss']:.3f}"}
         if row.get("val_accuracy") is not None:
@@ -90,28 +90,22 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
 
     try:
         job = Run(config, progress=progress)
-    except _refusals() as error:            # refused while building: nothing was spent, nothing drawn
+    except Refusal as error:            # refused while building: nothing was spent, nothing drawn
         _fail(str(error))
-    if not quiet:
-        bar = tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True, desc=shown_name,
-                   file=sys.stderr)
     try:
         run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
-    except JournalError as error:            # a run folder that does not hold up: refused before buying more
-        if bar is not None:
-            bar.close()
+    except Refusal as error:                 # found wanting once running (a journal that does not hold up,
+        _close(bar)                          # an endpoint that breaks its contract on every attempt)
         _fail(str(error))
     except BackendUnavailable as error:      # the model stopped answering: come back later
-        if bar is not None:
-            bar.close()
+        _close(bar)
         _fail(f"the model is unavailable: {error}; continue later with `bbreprog resume {job.run_dir}`",
               code=3)
-    except Exception as error:               # failed while running: say so in one sentence
-        if bar is not None:
-            bar.close()
+    except Exception as error:               # failed while running: the traceback is for a bug report
+        _close(bar)
+        traceback.print_exc()
         _fail(f"the run stopped: {type(error).__name__}: {error}", code=1)
-    if bar is not None:
-        bar.close()
+    _close(bar)
     q = summary["queries"]
     probe = f"probe {q['probe']:,} + " if q["probe"] else ""
     retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
@@ -189,7 +183,7 @@ def evaluate(run_dir, data_name):
     try:
         program = load_program(run_dir)
         report = program.evaluate(data_name)
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     click.echo(json.dumps(report, indent=2))
 
@@ -211,12 +205,12 @@ def predict(run_dir, inputs, output):
         _fail(f"expected --output ending in .csv or .json, got {Path(output).name}")
     try:
         program = load_program(run_dir)
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     try:
         x, names = read_inputs(inputs, program.transform.target_shape)
         result = predict_inputs(program, x, names)      # every input checked before the first query
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     except BackendUnavailable as error:
         _fail(f"the model is unavailable: {error}; try again later", code=3)
@@ -269,7 +263,7 @@ def export(run_dir, output):
     from .export import export_run
     try:
         sidecar = export_run(run_dir, output)
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     except Exception as error:               # failed while exporting: say so in one sentence
         first_line = (str(error).splitlines() or [""])[0]     # torch's exporter explains over many lines
@@ -297,7 +291,7 @@ def report(run_dir, output):
     from .report import write_report
     try:
         page, figures = write_report(run_dir, output)
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     except OSError as error:                 # the page or a figure cannot be written
         _fail(f"expected a writable place for the report, got {error.filename}: {error.strerror}")
@@ -460,7 +454,7 @@ def serve(model, backend_name, options, name, port, output, k, api_key_env, key_
     backend_options = _backend_options(options)
     try:
         backend = create_backend(backend_name, model, **backend_options)
-    except _refusals() as error:
+    except Refusal as error:
         _fail(str(error))
     try:
         server = ModelServer(
@@ -469,7 +463,7 @@ def serve(model, backend_name, options, name, port, output, k, api_key_env, key_
             faults=tuple(f.strip() for f in faults.split(",") if f.strip()), timeout_delay=timeout_delay,
             retry_after=retry_after, seed=seed, fp64=fp64, idempotent=idempotent,
             log=lambda line: click.echo(line, err=True))
-    except ValueError as error:
+    except Refusal as error:
         backend.close()
         _fail(str(error))
     except OSError as error:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import Refusal
 
-class ConfigError(ValueError):
+
+class ConfigError(Refusal):
     """A configuration is invalid; the message is one sentence."""
 
 

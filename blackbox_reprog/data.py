@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from .errors import Refusal
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")   # apt install dataset-fashion-mnist (Debian, Ubuntu)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -27,7 +29,7 @@ Raw = tuple[np.ndarray, list[str]]
 RawPair = tuple[Raw, Optional[Raw]]
 
 
-class DataError(ValueError):
+class DataError(Refusal):
     """A dataset cannot be read or is unusable; message is one sentence."""
 
 
@@ -83,7 +85,7 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
     """Seeded stratified splits: validation from train only; `test_fraction` only if there is no test."""
     for label, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction < 1:
-            raise ValueError(f"Expected {label} strictly between 0 and 1, but got {fraction}.")
+            raise Refusal(f"Expected {label} strictly between 0 and 1, but got {fraction}.")
     rng = np.random.default_rng(seed)
     train, test = load(name_or_path)
     official = test is not None

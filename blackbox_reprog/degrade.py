@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import Backend, Prediction
+from .errors import Refusal
 
 DEGRADED_KINDS = ("probs", "topk", "label")
 
@@ -28,13 +29,13 @@ class DegradedBackend(Backend):
 
     def __init__(self, inner: Backend, kind: str, k: int = 5):
         if kind not in DEGRADED_KINDS:
-            raise ValueError(f"expected a degraded output kind probs, topk or label, got {kind!r}")
+            raise Refusal(f"expected a degraded output kind probs, topk or label, got {kind!r}")
         allowed = {"probs": ("logits",), "topk": ("logits", "probs"), "label": ("logits", "probs", "topk")}[kind]
         if inner.output_kind not in allowed:
             expected = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
-            raise ValueError(f"expected a {expected} backend to degrade to {kind}, got a {inner.output_kind} backend")
+            raise Refusal(f"expected a {expected} backend to degrade to {kind}, got a {inner.output_kind} backend")
         if kind == "topk" and not 1 <= k <= inner.num_classes:
-            raise ValueError(f"expected k in [1, {inner.num_classes}], got {k}")
+            raise Refusal(f"expected k in [1, {inner.num_classes}], got {k}")
         self.inner, self.k = inner, int(k) if kind == "topk" else 1
         self.output_kind = kind
         self.input_spec = inner.input_spec

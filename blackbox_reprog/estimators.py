@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .errors import Refusal
+
 
 class Estimator:
     kind: str = ""
@@ -20,9 +22,9 @@ class Estimator:
     def __init__(self, dim: int, *, directions: int = 10, smoothing: float = 0.005):
         self.dim, self.q, self.mu = int(dim), int(directions), float(smoothing)
         if self.q < 1:
-            raise ValueError(f"expected at least 1 direction, got {self.q}")
+            raise Refusal(f"expected at least 1 direction, got {self.q}")
         if not self.mu > 0:
-            raise ValueError(f"expected a smoothing radius above 0, got {self.mu}")
+            raise Refusal(f"expected a smoothing radius above 0, got {self.mu}")
         self._theta = self._directions = None
         self.step_count = 0
 
@@ -63,7 +65,7 @@ class RandomDirection(Estimator):
     def __init__(self, dim, *, directions=10, smoothing=0.005, distribution="gaussian"):
         super().__init__(dim, directions=directions, smoothing=smoothing)
         if distribution not in ("gaussian", "sphere"):
-            raise ValueError(f"expected distribution gaussian or sphere, got {distribution!r}")
+            raise Refusal(f"expected distribution gaussian or sphere, got {distribution!r}")
         self.distribution = distribution
         self.phi = float(self.dim) if distribution == "sphere" else 1.0
 
@@ -198,7 +200,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 def make_estimator(kind: str, dim: int, *, directions: int, smoothing: float,
                    distribution: str = "gaussian") -> Estimator:
     if kind not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {kind!r}; expected one of: {', '.join(ESTIMATORS)}")
+        raise Refusal(f"unknown estimator {kind!r}; expected one of: {', '.join(ESTIMATORS)}")
     if kind in ("random", "antithetic"):
         return ESTIMATORS[kind](dim, directions=directions, smoothing=smoothing, distribution=distribution)
     return ESTIMATORS[kind](dim, directions=directions, smoothing=smoothing)

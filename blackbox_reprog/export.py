@@ -29,6 +29,7 @@ import torch
 
 from .backend import Backend, InputSpec
 from .degrade import DegradedBackend
+from .errors import Refusal
 from .files import atomic_write
 from .outputs import FLOOR, LABEL_EPSILON, TOPK_TOLERANCE
 
@@ -42,9 +43,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
     from .program import load_program
     run_dir, out = Path(run_dir), Path(out)
     if out.suffix.lower() != ".onnx":
-        raise ValueError(f"expected an output file ending in .onnx, got {out.name}")
+        raise Refusal(f"expected an output file ending in .onnx, got {out.name}")
     if not (run_dir / "program.pt").is_file():
-        raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
+        raise Refusal(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
     # decided before any backend is built: a remote one would be contacted for nothing
     if config.backend.name != "onnx" or config.backend.output not in EXPORTABLE_OUTPUTS:
@@ -78,8 +79,8 @@ def export_around_call(run_dir: Path, config, out: Path) -> dict:
     try:
         described = json.loads((run_dir / "result.json").read_text())["backend"]
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"expected a finished run folder with result.json describing its model, got {run_dir} "
-                         f"({type(error).__name__})") from None
+        raise Refusal(f"expected a finished run folder with result.json describing its model, got {run_dir} "
+                      f"({type(error).__name__})") from None
     model = _DescribedModel(described, k=_answer_k(config, described))
     program = load_program(run_dir, backend=model)
     target = torch.zeros(2, *program.transform.target_shape)                        # (2, *target_shape)

@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from .backend import OUTPUT_KINDS, Backend, Prediction
+from .errors import Refusal
 from .files import atomic_write
 from .ledger import PURPOSES
 
@@ -50,7 +51,7 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 ATTEMPTS = ("intent", "retry")          # records of examples sent, each possibly billed
 
 
-class JournalError(ValueError):
+class JournalError(Refusal):
     """A journal or a stored answer is damaged in a way that cannot be a torn last write."""
 
 

@@ -17,8 +17,9 @@ Fitting takes log-probabilities the trainer already bought under the ``label-map
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from .errors import Refusal
 
 #: scores are log(max(p · ω, SCORE_FLOOR)) so an all-zero mixture does not become −inf
 SCORE_FLOOR = 1e-12
@@ -35,8 +36,8 @@ class LabelMap:
 
     def __init__(self, num_source: int, num_target: int):
         if num_target > num_source:
-            raise ValueError(f"expected at most {num_source} target classes for a model with "
-                             f"{num_source} classes, got {num_target}")
+            raise Refusal(f"expected at most {num_source} target classes for a model with "
+                          f"{num_source} classes, got {num_target}")
         self.num_source, self.num_target = num_source, num_target
 
     @property
@@ -62,8 +63,8 @@ class ManyToOneMap(LabelMap):
     def __init__(self, num_source: int, num_target: int, per_class: int = 1):
         super().__init__(num_source, num_target)
         if per_class * num_target > num_source:
-            raise ValueError(f"expected per_class × classes ≤ {num_source}, got "
-                             f"{per_class} × {num_target}")
+            raise Refusal(f"expected per_class × classes ≤ {num_source}, got "
+                          f"{per_class} × {num_target}")
         self.per_class = int(per_class)
         self.assignment = torch.full((num_source,), -1, dtype=torch.long)  # (C,) target or −1
 
@@ -199,7 +200,7 @@ class BayesianMap(LabelMap):
     def __init__(self, num_source: int, num_target: int, lam: float = 1.0):
         super().__init__(num_source, num_target)
         if not lam >= 0:
-            raise ValueError(f"expected a Laplace smoothing λ ≥ 0, got {lam}")
+            raise Refusal(f"expected a Laplace smoothing λ ≥ 0, got {lam}")
         self.lam = float(lam)
         # before any fit: every source class weighs the same for every target class
         self.omega = torch.full((num_source, num_target), 1.0 / num_source)  # (C, K)
@@ -211,7 +212,7 @@ class BayesianMap(LabelMap):
     def fit(self, log_probs, y):
         y = y.long()
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_target):
-            raise ValueError(f"expected target labels in [0, {self.num_target}), got labels in "
+            raise Refusal(f"expected target labels in [0, {self.num_target}), got labels in "
                              f"[{int(y.min())}, {int(y.max())}]")
         counts = self._counts(log_probs, y)                                  # (C, K)
         # with λ = 0 a source class never seen would be 0 / 0: its row stays 0 instead
@@ -262,7 +263,7 @@ class BLMPlus(BayesianMap):
         super().__init__(num_source, num_target, lam)
         self.topk = int(topk) or default_blm_topk(num_target)
         if not 1 <= self.topk <= num_source:
-            raise ValueError(f"expected a BLM+ top-k in [1, {num_source}], got {self.topk}")
+            raise Refusal(f"expected a BLM+ top-k in [1, {num_source}], got {self.topk}")
 
     def _counts(self, log_probs, y):
         probs = log_probs.exp().double()                                     # (N, C)
@@ -292,7 +293,7 @@ def make_label_map(kind: str, num_source: int, num_target: int, *, per_class: in
         return BLM(num_source, num_target, blm_lambda)
     if kind == "blm+":
         return BLMPlus(num_source, num_target, blm_lambda, blm_topk)
-    raise ValueError(f"unknown label map {kind!r}; expected one of: {', '.join(LABEL_MAP_KINDS)}")
+    raise Refusal(f"unknown label map {kind!r}; expected one of: {', '.join(LABEL_MAP_KINDS)}")
 
 
 def target_accuracy(target_logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import Backend, Prediction
+from .errors import Refusal
 
 PURPOSES: tuple[str, ...] = ("probe", "train", "label-map", "validate", "test")
 UNBUDGETED: frozenset[str] = frozenset({"test"})
@@ -46,7 +47,7 @@ class Ledger:
 
     def __init__(self, backend: Backend, budget: int | None):
         if budget is not None and budget < 0:
-            raise ValueError(f"expected a budget of 0 or more queries, got {budget}")
+            raise Refusal(f"expected a budget of 0 or more queries, got {budget}")
         self.backend = backend
         self.budget = budget
         #: a journal.Recorder: answers already paid for are read back, new calls journaled

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import Refusal
+
 
 class CrossEntropy:
     kind = "ce"
@@ -56,7 +58,7 @@ class Margin:
 
     def __init__(self, margin: float = 1.0):
         if not margin >= 0:
-            raise ValueError(f"expected a margin κ ≥ 0, got {margin}")
+            raise Refusal(f"expected a margin κ ≥ 0, got {margin}")
         self.margin = float(margin)
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,4 +97,4 @@ def make_loss(kind: str, *, gamma: float = 2.0, class_counts=None, margin: float
         return Margin(margin)
     if kind == "zero-one":
         return ZeroOne()
-    raise ValueError(f"unknown loss {kind!r}; expected one of: {', '.join(LOSS_KINDS)}")
+    raise Refusal(f"unknown loss {kind!r}; expected one of: {', '.join(LOSS_KINDS)}")

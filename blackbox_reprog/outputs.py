@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .backend import Prediction
+from .errors import Refusal
 
 FLOOR = 1e-8
 LABEL_EPSILON = 0.1
@@ -52,5 +53,5 @@ def source_log_probs(prediction: Prediction) -> torch.Tensor:
         probs = np.full((len(prediction), classes), LABEL_EPSILON / max(classes - 1, 1))
         probs[rows, prediction.labels[:, :1]] = 1.0 - LABEL_EPSILON   # (B, C)
     else:
-        raise ValueError(f"expected an output kind among logits, probs, topk, label, got {kind!r}")
+        raise Refusal(f"expected an output kind among logits, probs, topk, label, got {kind!r}")
     return torch.as_tensor(np.log(probs), dtype=torch.float32)

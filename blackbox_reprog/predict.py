@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_module
+from .errors import Refusal
 from .ledger import Ledger
 from .program import Program
 
@@ -49,8 +50,8 @@ def read_inputs(inputs: list[str] | tuple[str, ...], target_shape: tuple[int, ..
     if paths and all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
         return _read_images(paths, target_shape), [p.name for p in paths]
     if len(inputs) != 1:
-        raise ValueError(f"expected one dataset, array or series file, or one or more image files, got "
-                         f"{len(inputs)} inputs ({', '.join(inputs[:3])}{', …' if len(inputs) > 3 else ''})")
+        raise Refusal(f"expected one dataset, array or series file, or one or more image files, got "
+                      f"{len(inputs)} inputs ({', '.join(inputs[:3])}{', …' if len(inputs) > 3 else ''})")
     path = paths[0]
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
     if images:                                  # a plain folder of images; class subfolders make a dataset
@@ -63,13 +64,13 @@ def read_inputs(inputs: list[str] | tuple[str, ...], target_shape: tuple[int, ..
     elif path.is_file() and suffix in SERIES_SUFFIXES:
         x = _read_series(path)
     elif path.is_file() and suffix != ".ts":    # .ts is the one dataset file the branches above leave
-        raise ValueError(f"expected a dataset (.ts, .npz, .txt), an array (.npy, .npz), a series (.csv, .txt) "
-                         f"or image ({', '.join(IMAGE_SUFFIXES)}) file, or a folder of images, got {path.name!r}")
+        raise Refusal(f"expected a dataset (.ts, .npz, .txt), an array (.npy, .npz), a series (.csv, .txt) "
+                      f"or image ({', '.join(IMAGE_SUFFIXES)}) file, or a folder of images, got {path.name!r}")
     else:                                       # a dataset name or path: its test split, or its only split
         train, test = data_module.load(inputs[0])
         x = (test if test is not None else train).x
     if x.ndim == 0 or len(x) == 0:
-        raise ValueError(f"expected at least one input in {path.name}, got none")
+        raise Refusal(f"expected at least one input in {path.name}, got none")
     return x, [str(i) for i in range(len(x))]
 
 
@@ -96,11 +97,11 @@ def _read_npz(path: Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as archive:
             key = next((k for k in ("x_test", "x") if k in archive.files), None)
             if key is None:
-                raise ValueError(f"expected an array x or x_test in {path.name}, got {sorted(archive.files)}")
+                raise Refusal(f"expected an array x or x_test in {path.name}, got {sorted(archive.files)}")
             x = archive[key]
     except (OSError, EOFError) as error:
-        raise ValueError(f"expected a readable .npz archive at {path.name}, got one that fails to load "
-                         f"({type(error).__name__})") from None
+        raise Refusal(f"expected a readable .npz archive at {path.name}, got one that fails to load "
+                      f"({type(error).__name__})") from None
     return _as_examples(x, path)
 
 
@@ -108,14 +109,14 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as error:
-        raise ValueError(f"expected a readable .npy array at {path.name}, got one that fails to load "
-                         f"({type(error).__name__})") from None
+        raise Refusal(f"expected a readable .npy array at {path.name}, got one that fails to load "
+                      f"({type(error).__name__})") from None
     return _as_examples(x, path)
 
 
 def _as_examples(x: np.ndarray, path: Path) -> np.ndarray:
     if x.dtype.kind not in "biuf":
-        raise ValueError(f"expected real numbers in {path.name}, got dtype {x.dtype}")
+        raise Refusal(f"expected real numbers in {path.name}, got dtype {x.dtype}")
     if x.ndim == 4 and x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255)      # 8-bit pixels, as the data loader reads them
     return x
@@ -131,12 +132,12 @@ def _read_series(path: Path) -> np.ndarray:
         try:
             row = [float(v) for v in re.split(r"[,\s]+", line.strip().strip(","))]
         except ValueError:
-            raise ValueError(f"expected numbers separated by commas or spaces on line {number} of {path.name}, "
-                             f"got {line.strip()[:40]!r}") from None
+            raise Refusal(f"expected numbers separated by commas or spaces on line {number} of {path.name}, "
+                          f"got {line.strip()[:40]!r}") from None
         first = first or (len(row), number)
         if len(row) != first[0]:
-            raise ValueError(f"expected every series in {path.name} to have {first[0]} values like line "
-                             f"{first[1]}, got {len(row)} on line {number}")
+            raise Refusal(f"expected every series in {path.name} to have {first[0]} values like line "
+                          f"{first[1]}, got {len(row)} on line {number}")
         rows.append(row)
     return np.array(rows, dtype=np.float32)
 
@@ -144,14 +145,14 @@ def _read_series(path: Path) -> np.ndarray:
 def _read_images(paths: list[Path], target_shape: tuple[int, ...]) -> np.ndarray:
     """(N, C, H, W) in [0, 1]: grey or colour as the program's targets, resized to their size."""
     if len(target_shape) != 3:
-        raise ValueError(f"expected target examples of shape {target_shape} (series), got image files "
-                         f"({paths[0].name})")
+        raise Refusal(f"expected target examples of shape {target_shape} (series), got image files "
+                      f"({paths[0].name})")
     from PIL import Image               # imported here: only image inputs need Pillow
     channels, height, width = target_shape
     images = []
     for path in paths:
         if not path.is_file():
-            raise ValueError(f"expected an image file at {path}, got nothing there")
+            raise Refusal(f"expected an image file at {path}, got nothing there")
         try:
             with Image.open(path) as image:
                 image = image.convert("L" if channels == 1 else "RGB")
@@ -159,7 +160,7 @@ def _read_images(paths: list[Path], target_shape: tuple[int, ...]) -> np.ndarray
                     image = image.resize((width, height), Image.BILINEAR)
                 pixels = np.asarray(image, dtype=np.float32) / np.float32(255)  # (H, W) or (H, W, 3)
         except OSError as error:
-            raise ValueError(f"expected a readable image at {path}, got one that fails to open "
-                             f"({type(error).__name__})") from None
+            raise Refusal(f"expected a readable image at {path}, got one that fails to open "
+                          f"({type(error).__name__})") from None
         images.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))  # (C, H, W)
     return np.stack(images)

@@ -10,6 +10,7 @@ import torch
 from . import data as data_module
 from .backend import Backend
 from .config import RunConfig, load_config
+from .errors import Refusal
 from .label_maps import LabelMap, target_accuracy
 from .ledger import Ledger
 from .outputs import source_log_probs
@@ -55,13 +56,13 @@ class Program:
     def check_targets(self, x: np.ndarray) -> None:
         """The whole input, before the first chunk is bought."""
         if tuple(x.shape[1:]) != self.transform.target_shape:
-            raise ValueError(f"expected target examples of shape {self.transform.target_shape}, "
-                             f"got {tuple(x.shape[1:])}")
+            raise Refusal(f"expected target examples of shape {self.transform.target_shape}, "
+                          f"got {tuple(x.shape[1:])}")
         if x.dtype.kind not in "biuf":
-            raise ValueError(f"expected real-valued target examples, got dtype {x.dtype}")
+            raise Refusal(f"expected real-valued target examples, got dtype {x.dtype}")
         if not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
-            raise ValueError(f"expected finite target examples, got NaN or infinity in example {bad}")
+            raise Refusal(f"expected finite target examples, got NaN or infinity in example {bad}")
 
 
 def load_program(run_dir: str | Path, backend: Backend | None = None) -> Program:
@@ -71,14 +72,14 @@ def load_program(run_dir: str | Path, backend: Backend | None = None) -> Program
     from .runner import backend_name, backend_options, build_program
     run_dir = Path(run_dir)
     if not (run_dir / "program.pt").is_file():
-        raise ValueError(f"expected a finished run folder with program.pt, got {run_dir}")
+        raise Refusal(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
     try:
         saved = torch.load(run_dir / "program.pt", map_location="cpu", weights_only=True)
         saved["theta"], saved["label_map"], saved["classes"]
     except Exception as error:
-        raise ValueError(f"expected a readable program.pt in {run_dir}, got one that fails to load "
-                         f"({type(error).__name__})") from None
+        raise Refusal(f"expected a readable program.pt in {run_dir}, got one that fails to load "
+                      f"({type(error).__name__})") from None
     if backend is None:
         backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
         backend = degrade(backend, config.backend.output, config.backend.k)

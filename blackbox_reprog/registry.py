@@ -15,11 +15,12 @@ import functools
 from importlib.metadata import entry_points
 
 from .backend import Backend
+from .errors import Refusal
 
 GROUP = "blackbox_reprog.backends"
 
 
-class UnknownBackend(LookupError):
+class UnknownBackend(Refusal, LookupError):
     """No installed plugin has that name."""
 
 
@@ -61,5 +62,5 @@ def create_backend(name: str, model: str, **options) -> Backend:
     try:
         return cls.from_config(model, **options)
     except TypeError as error:               # an unknown or mistyped backend.options entry
-        raise ValueError(f"expected backend.options that the {name} backend accepts, got "
-                         f"{sorted(options)}: {error}") from None
+        raise Refusal(f"expected backend.options that the {name} backend accepts, got "
+                      f"{sorted(options)}: {error}") from None

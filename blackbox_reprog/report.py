@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, RunConfig, load_config
+from .errors import Refusal
 from .ledger import UNBUDGETED
 
 CURVES = "report-curves.png"
@@ -59,27 +60,27 @@ def read_run(run_dir: str | Path) -> RunFolder:
     """The run folder's files; a folder that is not a run is refused with one sentence."""
     path = Path(run_dir)
     if not (path / "config.toml").is_file():
-        raise ValueError(f"expected a run folder holding config.toml, got {path}")
+        raise Refusal(f"expected a run folder holding config.toml, got {path}")
     if not (path / "result.json").is_file() and not (path / "metrics.jsonl").is_file():
-        raise ValueError(f"expected a run folder with result.json or metrics.jsonl, got {path}")
+        raise Refusal(f"expected a run folder with result.json or metrics.jsonl, got {path}")
     try:
         config = load_config(path / "config.toml")
     except ConfigError as error:
-        raise ValueError(f"expected a valid config.toml in {path}, got one that is refused: {error}") from None
+        raise Refusal(f"expected a valid config.toml in {path}, got one that is refused: {error}") from None
     run = RunFolder(path, config, (path / "config.toml").read_text(), read_metrics(path / "metrics.jsonl"))
     if (path / "result.json").is_file():
         try:
             run.result = json.loads((path / "result.json").read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"expected a readable result.json in {path}, got one that fails to parse "
-                             f"({error.msg}, line {error.lineno})") from None
+            raise Refusal(f"expected a readable result.json in {path}, got one that fails to parse "
+                          f"({error.msg}, line {error.lineno})") from None
     if (path / "program.pt").is_file():
         try:
             run.program = torch.load(path / "program.pt", map_location="cpu", weights_only=True)
             run.program["theta"], run.program["label_map"], run.program["classes"]
         except Exception as error:
-            raise ValueError(f"expected a readable program.pt in {path}, got one that fails to load "
-                             f"({type(error).__name__})") from None
+            raise Refusal(f"expected a readable program.pt in {path}, got one that fails to load "
+                          f"({type(error).__name__})") from None
     comparison = (run.result or {}).get("comparison")
     if comparison:
         run.compared_metrics = read_metrics(path / comparison["run_dir"] / "metrics.jsonl")
@@ -99,7 +100,7 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if number == len(lines):
                 break
-            raise ValueError(f"expected one JSON object per line in {path}, got a damaged line {number}") from None
+            raise Refusal(f"expected one JSON object per line in {path}, got a damaged line {number}") from None
     return rows
 
 
@@ -414,8 +415,8 @@ def program_section(run: RunFolder) -> tuple[list[str], bytes | None]:
         return lines + [f"Not drawn: the program cannot be rebuilt from the run's dataset now ({error})", ""], None
     theta = run.program["theta"].float()                                  # (d,)
     if theta.shape != (transform.num_params,):
-        raise ValueError(f"expected a θ of {transform.num_params} parameters in program.pt for the config's "
-                         f"{c.transform.kind} program, got shape {tuple(theta.shape)}")
+        raise Refusal(f"expected a θ of {transform.num_params} parameters in program.pt for the config's "
+                      f"{c.transform.kind} program, got shape {tuple(theta.shape)}")
     example = torch.as_tensor(splits.test.x[:1])                          # (1, *target_shape)
     label = splits.test.classes[int(splits.test.y[0])]
     with torch.no_grad():

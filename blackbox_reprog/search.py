@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import Refusal
 from .estimators import Estimator
 from .outputs import FLOOR
 
@@ -121,10 +122,10 @@ class Evolution(Search):
         if optimizer not in ng.optimizers.registry:
             import difflib
             close = difflib.get_close_matches(optimizer, list(ng.optimizers.registry), n=3)
-            raise ValueError(f"unknown nevergrad optimizer {optimizer!r}; close names: {', '.join(close) or 'none'}")
+            raise Refusal(f"unknown nevergrad optimizer {optimizer!r}; close names: {', '.join(close) or 'none'}")
         if optimizer == "CMA" and dim > 500:
-            raise ValueError(f"expected at most 500 parameters for full CMA (it crashed with many parallel "
-                             f"asks at 1,000), got {dim}; use DiagonalCMA or transform.subspace")
+            raise Refusal(f"expected at most 500 parameters for full CMA (it crashed with many parallel "
+                          f"asks at 1,000), got {dim}; use DiagonalCMA or transform.subspace")
         parametrization = ng.p.Array(init=np.zeros(dim)).set_mutation(sigma=sigma)
         parametrization.random_state = np.random.RandomState(seed)
         self.optimizer = ng.optimizers.registry[optimizer](

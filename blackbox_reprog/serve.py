@@ -32,6 +32,7 @@ import numpy as np
 
 from .backend import Backend, InputError, Prediction
 from .degrade import degrade
+from .errors import Refusal
 
 HOST = "127.0.0.1"
 FAULTS = ("429", "500", "timeout", "malformed")
@@ -72,7 +73,7 @@ def _number(value, what: str, low: float = 0.0, high: float = math.inf) -> float
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not low <= value <= high:
         bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise ValueError(f"expected {what} {bounds}, got {value!r}")
+        raise Refusal(f"expected {what} {bounds}, got {value!r}")
     return float(value)
 
 
@@ -126,15 +127,15 @@ class ModelServer:
                  retry_after: float = 0.0, seed: int = 0, fp64: bool = False,
                  log: Callable[[str], None] | None = None, idempotent: bool = False):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"expected a model name of letters, digits, '.', '_' or '-', got {name!r}")
+            raise Refusal(f"expected a model name of letters, digits, '.', '_' or '-', got {name!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"expected a port in [0, 65535], got {port!r}")
+            raise Refusal(f"expected a port in [0, 65535], got {port!r}")
         if api_key is not None and (not isinstance(api_key, str) or not api_key.isprintable()
                                     or not api_key or any(c.isspace() for c in api_key)):
             # never echo the key, not even in a refusal
-            raise ValueError("expected an API key of printable characters without spaces, got another value")
+            raise Refusal("expected an API key of printable characters without spaces, got another value")
         if not isinstance(key_header, str) or not _HEADER.fullmatch(key_header):
-            raise ValueError(f"expected a header name like 'X-API-Key', got {key_header!r}")
+            raise Refusal(f"expected a header name like 'X-API-Key', got {key_header!r}")
         self.latency = _number(latency, "latency (seconds)")
         self.fault_rate = _number(fault_rate, "fault_rate", 0.0, 1.0)
         self.timeout_delay = _number(timeout_delay, "timeout_delay (seconds)")
@@ -142,10 +143,10 @@ class ModelServer:
         self.faults = tuple(str(f) for f in faults)
         unknown = [f for f in self.faults if f not in FAULTS]
         if unknown or not self.faults:
-            raise ValueError(f"expected faults among {', '.join(FAULTS)}, got "
-                             f"{', '.join(map(repr, unknown)) if unknown else 'none'}")
+            raise Refusal(f"expected faults among {', '.join(FAULTS)}, got "
+                          f"{', '.join(map(repr, unknown)) if unknown else 'none'}")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"expected an integer seed, got {seed!r}")
+            raise Refusal(f"expected an integer seed, got {seed!r}")
         self.backend = degrade(backend, output, k)
         self.name, self.api_key, self.key_header, self.fp64 = name, api_key, key_header, bool(fp64)
         self.log = log

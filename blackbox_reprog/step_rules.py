@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from .errors import Refusal
+
 
 class SignSGD(torch.optim.Optimizer):
     """ZO-signSGD: θ ← θ − η·sign(ĝ) (Liu et al., 2019); robust to the scale of noisy estimates."""
@@ -33,7 +35,7 @@ def make_optimizer(kind: str, params, *, lr: float, momentum: float = 0.9) -> to
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9), amsgrad=True)
     if kind == "signsgd":
         return SignSGD(params, lr=lr)
-    raise ValueError(f"unknown optimizer {kind!r}; expected one of: sgd, adam, adamm, signsgd")
+    raise Refusal(f"unknown optimizer {kind!r}; expected one of: sgd, adam, adamm, signsgd")
 
 
 def make_schedule(kind: str, optimizer, *, total_steps: int, decay: float = 0.96,
@@ -50,5 +52,5 @@ def make_schedule(kind: str, optimizer, *, total_steps: int, decay: float = 0.96
     elif kind == "cosine":
         factor = lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / max(total_steps, 1)))
     else:
-        raise ValueError(f"unknown schedule {kind!r}; expected one of: constant, exp, poly, cosine")
+        raise Refusal(f"unknown schedule {kind!r}; expected one of: constant, exp, poly, cosine")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

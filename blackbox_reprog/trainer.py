@@ -15,6 +15,7 @@ import torch
 
 from .backend import Backend
 from .data import Dataset
+from .errors import Refusal
 from .label_maps import LabelMap, target_accuracy
 from .ledger import BudgetExceeded, Ledger
 from .search import Search
@@ -22,7 +23,7 @@ from .outputs import source_log_probs
 from .transforms import Transform
 
 
-class BudgetTooSmall(ValueError):
+class BudgetTooSmall(Refusal):
     """The budget cannot pay for one step; refused before any query."""
 
 

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .errors import Refusal
+
 
 class Transform:
     """Base class. Subclasses set ``num_params`` and implement ``_program``."""
@@ -71,11 +73,11 @@ class SignalProgram(Transform):
     def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0, scale: float = 1.0):
         super().__init__(target_shape, source_shape, value_range)
         if len(self.target_shape) != 1 or len(self.source_shape) != 1:
-            raise ValueError(f"the signal program expects 1-D series and a 1-D model input, got "
-                             f"target {self.target_shape} and model input {self.source_shape}")
+            raise Refusal(f"the signal program expects 1-D series and a 1-D model input, got "
+                          f"target {self.target_shape} and model input {self.source_shape}")
         (self.length,), (target_length,) = self.source_shape, self.target_shape
         if target_length > self.length:
-            raise ValueError(f"expected series of at most {self.length} samples, got {target_length}")
+            raise Refusal(f"expected series of at most {self.length} samples, got {target_length}")
         self.start = (self.length - target_length) // 2
         self.stop = self.start + target_length
         mask = torch.ones(self.length)
@@ -99,7 +101,7 @@ def _fit_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         return x
     if x.shape[1] == 1:
         return x.expand(-1, channels, -1, -1)
-    raise ValueError(f"expected targets with 1 or {channels} channels, got {x.shape[1]}")
+    raise Refusal(f"expected targets with 1 or {channels} channels, got {x.shape[1]}")
 
 
 class _ImageProgram(Transform):
@@ -109,11 +111,11 @@ class _ImageProgram(Transform):
     def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0):
         super().__init__(target_shape, source_shape, value_range)
         if len(self.target_shape) != 3 or len(self.source_shape) != 3:
-            raise ValueError(f"the {self.kind} program expects images (C, H, W), got target "
-                             f"{self.target_shape} and model input {self.source_shape}")
+            raise Refusal(f"the {self.kind} program expects images (C, H, W), got target "
+                          f"{self.target_shape} and model input {self.source_shape}")
         self.channels, self.height, self.width = self.source_shape
         if self.target_shape[0] not in (1, self.channels):     # refused now, not at the first query
-            raise ValueError(f"expected targets with 1 or {self.channels} channels, got {self.target_shape[0]}")
+            raise Refusal(f"expected targets with 1 or {self.channels} channels, got {self.target_shape[0]}")
         self.grid = int(grid)
         side = (self.grid, self.grid) if self.grid else (self.height, self.width)
         self.param_shape = (self.channels, *side)
@@ -136,7 +138,7 @@ class FrameProgram(_ImageProgram):
         super().__init__(target_shape, source_shape, value_range, grid=grid)
         self.inner = int(inner) or min(self.height, self.width) // 2
         if not 0 < self.inner <= min(self.height, self.width):
-            raise ValueError(f"expected an inner size within the {self.height}x{self.width} canvas, got {self.inner}")
+            raise Refusal(f"expected an inner size within the {self.height}x{self.width} canvas, got {self.inner}")
         self.top = (self.height - self.inner) // 2
         self.left = (self.width - self.inner) // 2
         mask = torch.ones(1, self.height, self.width)
@@ -199,11 +201,11 @@ TRANSFORMS: dict[str, type[Transform]] = {
 def make_transform(kind: str, target_shape, source_shape, value_range, *, subspace: int = 0,
                    seed: int = 0, **options) -> Transform:
     if kind not in TRANSFORMS:
-        raise ValueError(f"unknown transform {kind!r}; expected one of: {', '.join(TRANSFORMS)}")
+        raise Refusal(f"unknown transform {kind!r}; expected one of: {', '.join(TRANSFORMS)}")
     transform = TRANSFORMS[kind](target_shape, source_shape, value_range, **options)
     if subspace:
         if subspace >= transform.num_params:
-            raise ValueError(f"expected a subspace smaller than the program's {transform.num_params} "
-                             f"parameters, got {subspace}")
+            raise Refusal(f"expected a subspace smaller than the program's {transform.num_params} "
+                          f"parameters, got {subspace}")
         transform = Subspace(transform, subspace, seed)
     return transform

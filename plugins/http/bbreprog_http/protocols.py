@@ -18,7 +18,9 @@ import math
 from typing import Any
 
 import numpy as np
+
 from blackbox_reprog.backend import Prediction
+from blackbox_reprog.errors import Refusal
 
 from .transport import ResponseError
 
@@ -126,7 +128,7 @@ class V2(Protocol):
                  request_outputs: list[str] | None = None, scores_output: str = "",
                  labels_output: str = ""):
         if not model_name:
-            raise ValueError("expected backend.options.model_name for the v2 protocol, got none")
+            raise Refusal("expected backend.options.model_name for the v2 protocol, got none")
         self.model_path = f"/v2/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
         self.infer_path = self.model_path + "/infer"
         # the model's own readiness, not the server's: a wrong model_name is refused before any query
@@ -199,7 +201,7 @@ class TFServing(Protocol):
     def __init__(self, model_name: str, model_version: str = "", scores_output: str = "",
                  labels_output: str = "labels"):
         if not model_name:
-            raise ValueError("expected backend.options.model_name for the tfserving protocol, got none")
+            raise Refusal("expected backend.options.model_name for the tfserving protocol, got none")
         model_path = f"/v1/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
         self.ready_path, self.infer_path = model_path, model_path + ":predict"
         self.scores_output, self.labels_output = scores_output, labels_output
@@ -245,10 +247,10 @@ class Template(Protocol):
                  topk_path: str = "", labels_path: str = "", label_key: str = "label",
                  score_key: str = "score", health_path: str = ""):
         if not path.startswith("/"):
-            raise ValueError(f"expected backend.options.path starting with '/' for the template protocol, got {path!r}")
+            raise Refusal(f"expected backend.options.path starting with '/' for the template protocol, got {path!r}")
         request = json.loads(request) if isinstance(request, str) else (request or {"inputs": "$inputs"})
         if not _mentions(request, "$inputs"):
-            raise ValueError("expected backend.options.request to contain the placeholder \"$inputs\", got none")
+            raise Refusal("expected backend.options.request to contain the placeholder \"$inputs\", got none")
         self.infer_path, self.ready_path = path, health_path or None
         self.request = request
         self.scores_path, self.topk_path, self.labels_path = scores_path, topk_path, labels_path
@@ -285,7 +287,7 @@ class Template(Protocol):
 def make_protocol(name: str, **options) -> Protocol:
     classes = {"v2": V2, "tfserving": TFServing, "mlflow": MLflow, "template": Template}
     if name not in classes:
-        raise ValueError(f"expected backend.options.protocol among {', '.join(classes)}, got {name!r}")
+        raise Refusal(f"expected backend.options.protocol among {', '.join(classes)}, got {name!r}")
     return classes[name](**options)
 
 

@@ -13,7 +13,9 @@ from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
+
 from blackbox_reprog.backend import BackendUnavailable
+from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey
 from .retry import retry_delay, should_retry
@@ -91,13 +93,13 @@ class Transport:
                  max_redirects: int = 3, seed: int | None = None):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL, got {shown(base_url)!r}")
+            raise Refusal(f"expected an http:// or https:// URL, got {shown(base_url)!r}")
         if parts.username or parts.password:
-            raise ValueError("expected a URL without user:password (give the key through key_env or "
-                             f"key_file), got credentials in {shown(base_url)!r}")
+            raise Refusal("expected a URL without user:password (give the key through key_env or "
+                          f"key_file), got credentials in {shown(base_url)!r}")
         if key is not None and parts.scheme == "http" and parts.hostname.lower() not in LOOPBACK_HOSTS:
-            raise ValueError(f"expected an https:// URL to send an API key to {parts.hostname}, got plain "
-                             "http:// (allowed only for 127.0.0.1 and localhost)")
+            raise Refusal(f"expected an https:// URL to send an API key to {parts.hostname}, got plain "
+                          "http:// (allowed only for 127.0.0.1 and localhost)")
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.timeout = (float(connect_timeout), float(read_timeout))

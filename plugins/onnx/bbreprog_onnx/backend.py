@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.errors import Refusal
 
 from .safety import UnsafeModel, _external_locations, check_model_file
 
@@ -30,7 +31,7 @@ def _parse_range(text: str) -> tuple[float, float]:
     except ValueError:
         low = high = math.nan
     if not low < high:
-        raise ValueError(f"expected the model's bbreprog.value_range metadata as 'low,high' with low < high, got {text!r}")
+        raise Refusal(f"expected the model's bbreprog.value_range metadata as 'low,high' with low < high, got {text!r}")
     return low, high
 
 
@@ -80,13 +81,13 @@ class OnnxBackend(Backend):
 
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
-            raise ValueError(f"expected a model with one input, got {len(inputs)}: {[i.name for i in inputs]}")
+            raise Refusal(f"expected a model with one input, got {len(inputs)}: {[i.name for i in inputs]}")
         first = inputs[0]
         shape = first.shape[1:]
         if not all(isinstance(d, int) and d > 0 for d in shape):
-            raise ValueError(f"expected fixed input dimensions after the batch axis, got {first.shape}")
+            raise Refusal(f"expected fixed input dimensions after the batch axis, got {first.shape}")
         if first.type not in _DTYPES:
-            raise ValueError(f"expected a floating-point model input, got {first.type}")
+            raise Refusal(f"expected a floating-point model input, got {first.type}")
         self.input_name = first.name
         if value_range is None and "bbreprog.value_range" in metadata:
             value_range = _parse_range(metadata["bbreprog.value_range"])
@@ -94,11 +95,11 @@ class OnnxBackend(Backend):
                                     tuple(value_range) if value_range else (-math.inf, math.inf))
         self.output_kind = output_kind or metadata.get("bbreprog.output_kind", "logits")
         if self.output_kind not in ("logits", "probs"):
-            raise ValueError(f"expected an ONNX model output kind of logits or probs, got {self.output_kind!r}"
-                             f" (degrade to topk or label with a wrapper)")
+            raise Refusal(f"expected an ONNX model output kind of logits or probs, got {self.output_kind!r}"
+                          f" (degrade to topk or label with a wrapper)")
         classes = outputs[0].shape[-1]
         if not isinstance(classes, int):
-            raise ValueError(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
+            raise Refusal(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
         self.num_classes = classes
         self.max_batch = checked_max_batch(max_batch, shape, device)
         self.model_id = "onnx:sha256:" + _model_digest(self.path, _external_locations(proto))
@@ -110,9 +111,9 @@ class OnnxBackend(Backend):
             return ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in available:
-                raise ValueError(f"expected the CUDA execution provider for device 'cuda', got only: {', '.join(available)}")
+                raise Refusal(f"expected the CUDA execution provider for device 'cuda', got only: {', '.join(available)}")
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        raise ValueError(f"expected device 'cpu' or 'cuda', got {device!r}")
+        raise Refusal(f"expected device 'cpu' or 'cuda', got {device!r}")
 
     def _predict(self, x: np.ndarray) -> Prediction:
         scores = self.session.run(None, {self.input_name: x})[0]   # (b, C)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from blackbox_reprog.errors import Refusal
 
-class UnsafeModel(ValueError):
+
+class UnsafeModel(Refusal):
     """A model file was refused; the message is one sentence."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.errors import Refusal
 
 
 def _module_digest(module: torch.nn.Module) -> str:
@@ -33,10 +34,10 @@ def _load_factory(model: str) -> torch.nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"expected an importable model factory {model!r}, got {type(error).__name__}: {error}") from None
+        raise Refusal(f"expected an importable model factory {model!r}, got {type(error).__name__}: {error}") from None
     module = factory()
     if not isinstance(module, torch.nn.Module):
-        raise ValueError(f"expected {model!r} to return a torch.nn.Module, got {type(module).__name__}")
+        raise Refusal(f"expected {model!r} to return a torch.nn.Module, got {type(module).__name__}")
     return module
 
 
@@ -51,11 +52,11 @@ class TorchBackend(Backend):
         from blackbox_reprog import zoo
 
         if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("expected a CUDA device for device 'cuda', got none (torch.cuda.is_available() is False)")
+            raise Refusal("expected a CUDA device for device 'cuda', got none (torch.cuda.is_available() is False)")
         if device not in ("cpu", "cuda"):
-            raise ValueError(f"expected device 'cpu' or 'cuda', got {device!r}")
+            raise Refusal(f"expected device 'cpu' or 'cuda', got {device!r}")
         if output_kind not in ("logits", "probs"):
-            raise ValueError(f"expected output_kind logits or probs, got {output_kind!r}")
+            raise Refusal(f"expected output_kind logits or probs, got {output_kind!r}")
         label = model if isinstance(model, str) else type(model).__name__
         if isinstance(model, str) and model in zoo.zoo_names():
             card = zoo.zoo_model(model)
@@ -63,13 +64,13 @@ class TorchBackend(Backend):
             input_shape, num_classes = card.input_shape, card.num_classes
             value_range = value_range or card.value_range
         elif isinstance(model, str) and zoo.close_zoo_name(model):
-            raise ValueError(f"expected a zoo name ({', '.join(zoo.zoo_names())}) or a \"module:factory\", got "
-                             f"{model!r}{zoo.close_zoo_name(model)}")
+            raise Refusal(f"expected a zoo name ({', '.join(zoo.zoo_names())}) or a \"module:factory\", got "
+                          f"{model!r}{zoo.close_zoo_name(model)}")
         else:
             module = model if isinstance(model, torch.nn.Module) else _load_factory(str(model))
             if input_shape is None or num_classes is None:
-                raise ValueError(f"expected input_shape and num_classes for the model {label!r}, got "
-                                 f"input_shape={input_shape}, num_classes={num_classes}")
+                raise Refusal(f"expected input_shape and num_classes for the model {label!r}, got "
+                              f"input_shape={input_shape}, num_classes={num_classes}")
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
         for parameter in self.module.parameters():
