@@ -80,9 +80,9 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
         if quiet:
             return
         if bar is None:                      # drawn at the first step, so a refusal found while
-            bar = tqdm(total=config.budget, unit="q", unit_scale=True, dynamic_ncols=True,
-                       desc=shown_name, file=sys.stderr)      # starting stays one line
-        bar.update(row["queries"] - bar.n)
+            bar = tqdm(total=total, unit=unit, unit_scale=True, dynamic_ncols=True,   # starting
+                       desc=shown_name, file=sys.stderr)                               # stays one line
+        bar.update(row[counted] - bar.n)
         postfix = {"step": row["step"], "loss": f"{row['loss']:.3f}"}
         if row.get("val_accuracy") is not None:
             postfix["val"] = f"{row['val_accuracy']:.3f}"
@@ -92,6 +92,10 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
         job = Run(config, progress=progress)
     except Refusal as error:            # refused while building: nothing was spent, nothing drawn
         _fail(str(error))
+    if job.components.trainer.bound_by_steps():      # the budget does not bind: count steps
+        counted, total, unit = "step", config.train.max_steps, " steps"
+    else:
+        counted, total, unit = "queries", config.budget, "q"
     try:
         run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
     except Refusal as error:                 # found wanting once running (a journal that does not hold up,
@@ -109,8 +113,7 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
     q = summary["queries"]
     probe = f"probe {q['probe']:,} + " if q["probe"] else ""
     retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
-    if summary.get("journal", {}).get("answers_from_store"):
-        retried += f"; {summary['journal']['answers_from_store']:,} of them read back from the answer store, not bought"
+    retried += _read_back(summary["billing"])
     click.echo(
         f"\n{shown_name}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
@@ -120,10 +123,31 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
         f"{summary['best_validation_accuracy']:.3f}) at step "
         f"{summary['best_step']}, {summary['wall_seconds']:.0f} s\n"
         f"run folder: {run_dir}  (result.json, metrics.jsonl, accuracy.png)")
+    _echo_comparison(summary, run_dir)
+
+
+def _read_back(bill: dict) -> str:
+    """What the answer store answered: bought by interrupted processes of this run (billed
+    to it then) apart from what was never bought again."""
+    earlier, free = bill["bought_by_earlier_processes"], bill["read_back_not_bought"]
+    if not earlier:
+        return f"; {free:,} of them read back from the answer store, not bought" if free else ""
+    return (f"; {earlier + free:,} of them read back from the answer store: {earlier:,} bought by the interrupted "
+            f"processes, {free:,} not bought; {bill['possibly_billed']:,} possibly billed in all")
+
+
+def _echo_comparison(summary: dict, run_dir: Path) -> None:
     if "comparison" in summary:
         c = summary["comparison"]
         click.echo(f"{c['method']} with the same seed and {c['steps']} steps: test accuracy "
                    f"{c['test_accuracy']:.3f} ({c['queries']['train']:,} train queries) in {run_dir / c['run_dir']}")
+
+
+def _read_result(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError) as error:
+        _fail(f"expected a readable result.json in {folder}, got one that fails to parse ({type(error).__name__})")
 
 
 @main.command()
@@ -164,8 +188,17 @@ def resume(run_dir, quiet):
     except ConfigError as error:
         _fail(str(error))
     if (folder / "result.json").is_file():
-        _fail(f"expected an interrupted run to resume, got {folder}, which finished (its result.json is written); "
-              "train again to start over")
+        summary = _read_result(folder)
+        if "comparison_pending" not in summary:
+            _fail(f"expected an interrupted run to resume, got {folder}, which finished (its result.json is "
+                  "written); train again to start over")
+        from .runner import finish_comparison      # the run finished; the comparison it asked for did not
+        try:
+            summary = finish_comparison(config, folder, summary)
+        except Refusal as error:
+            _fail(str(error))
+        _echo_comparison(summary, folder)
+        return
     from .journal import JOURNAL
     journaled = (folder / JOURNAL).is_file()
     _train(config, quiet, run_dir=folder)

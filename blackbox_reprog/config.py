@@ -202,6 +202,12 @@ _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
 }
 
 
+#: The largest budget a run accepts. A budget is a ceiling on money spent, not a way to say
+#: "no limit": a budget this large never binds, so nothing would end the run (bound a long
+#: run with train.max_steps instead). Ten billion queries is beyond any API bill we know of.
+MAX_BUDGET = 10_000_000_000
+
+
 CHOICES = {"train.method": ("blackbox", "whitebox", "evolution"), "backend.output": ("", "probs", "topk", "label"),
            "train.compare_with": ("", "blackbox", "whitebox", "evolution"),
            "train.journal": ("auto", "on", "off")}
@@ -220,6 +226,9 @@ def _check_limits(config: RunConfig) -> None:
         if value < lowest or (value == lowest and not inclusive):
             bound = f"at least {lowest}" if inclusive else f"above {lowest}"
             raise ConfigError(f"expected {key} {bound}, got {value}")
+    if config.budget > MAX_BUDGET:
+        raise ConfigError(f"expected a budget of at most {MAX_BUDGET:,} queries (bound a long run with "
+                          f"train.max_steps instead), got {config.budget:,}")
     for key in ("data.validation_fraction", "data.test_fraction"):
         section, name = key.split(".")
         if values[section][name] >= 1:

@@ -257,6 +257,10 @@ class Recorder:
         self.idempotent = bool(getattr(backend, "honours_idempotency", False))
         self.ledger = None                                    # set by Ledger.record_with
         self.earlier_booked = {"calls": 0, "queries": 0}
+        # answers read back: the first read of an answer an earlier process bought (billed to
+        # this run, by that process) apart from the rest (repeats, another run's purchases)
+        self._bought_before = set(journal.results) | self._unanswered
+        self.read_back = {"bought_by_earlier_processes": 0, "not_bought": 0}
 
     def _chunk_keys(self, x: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
         """The calls ``x`` is split into (as the backend would split it) and their keys."""
@@ -311,6 +315,7 @@ class Recorder:
                     # its intent is in the journal, its answer in the store: the process died
                     # between the two writes; close the intent so the journal stays whole
                     self.journal.result(key, self.store.digest(key))
+                self._count_read_back(key, len(chunk))
                 on_send(len(chunk), stored=True)
         first_of = {}                                      # identical calls in one batch are bought once
         for i, answer in enumerate(answers):
@@ -333,8 +338,16 @@ class Recorder:
         for i, key in enumerate(keys):                     # the repeats: answered by the first
             if answers[i] is None:
                 answers[i] = answers[first_of[key]]
+                self._count_read_back(key, len(chunks[i]))
                 on_send(len(chunks[i]), stored=True)
         return Prediction.concat(answers)
+
+    def _count_read_back(self, key: str, examples: int) -> None:
+        if key in self._bought_before:
+            self._bought_before.discard(key)
+            self.read_back["bought_by_earlier_processes"] += examples
+        else:
+            self.read_back["not_bought"] += examples
 
     def _read_back(self, key: str, examples: int) -> Prediction | None:
         """A stored answer, checked like a fresh one: its bytes against the journal's digest,
@@ -386,6 +399,9 @@ class Recorder:
         resent = [r for r in intents if sent[r["key"]] > 1]
         return {
             "file": JOURNAL, "records": len(records), "answers_from_store": ledger["total"]["stored"],
+            # of those: bought (and billed) by processes of this run that were interrupted, or
+            # never bought again (repeated queries, answers another run sharing the store bought)
+            "answers_from_store_by_origin": dict(self.read_back),
             # calls a process died with in flight, sent again under the same key by a later one
             "resent_after_interruption": {
                 "calls": len(resent) - len({r["key"] for r in resent}),

@@ -179,6 +179,28 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
     }
 
 
+def billing(ledger: dict, journal: dict | None) -> dict:
+    """What a server's bill for this run should read, across every process of it (test pass
+    included): each example that left this machine is possibly billed once per attempt.
+
+    ``possibly_billed`` = queries + retried − read_back_not_bought, split by who sent what. With
+    an API that honours idempotency keys, a call a killed process left in flight and this one
+    sent again is billed once: it is counted once here too."""
+    total = ledger["total"]
+    by_origin = journal["answers_from_store_by_origin"] if journal else {}
+    bought_earlier = by_origin.get("bought_by_earlier_processes", 0)
+    earlier_attempts = journal["earlier_attempts_booked"]["queries"] if journal else 0
+    not_bought = total["stored"] - bought_earlier
+    return {
+        "sent_by_this_process": total["queries"] - total["stored"],              # first attempts
+        "retried_by_this_process": total["retried"] - earlier_attempts,
+        "bought_by_earlier_processes": bought_earlier,       # answers read back, billed to them
+        "earlier_attempts": earlier_attempts,                # their retries and calls lost in flight
+        "read_back_not_bought": not_bought,                  # repeats, another run's answers
+        "possibly_billed": total["queries"] + total["retried"] - not_bought,
+    }
+
+
 class Run:
     """A run with every component built and checked, nothing spent yet; ``execute`` trains
     and writes the run folder. Splitting the two lets the CLI tell a refusal (nothing spent)
@@ -192,7 +214,7 @@ class Run:
         self.components = build(config, backend=backend, on_step=self._on_step,
                                 on_checkpoint=self._on_checkpoint)
         if config.train.compare_with:             # refuse a comparison that cannot run, now
-            build(self._compare_config(1)).backend.close()
+            build(comparison_config(config, 1)).backend.close()
 
     def _on_step(self, row: dict) -> None:
         self._metrics.write(json.dumps(row) + "\n")
@@ -263,30 +285,45 @@ class Run:
         summary = result_dict(self.config, components, result)
         if recorder is not None:
             summary["journal"] = recorder.summary(result.ledger)
+        summary["billing"] = billing(result.ledger, summary.get("journal"))
         if self.config.train.compare_with:
-            summary["comparison"] = self._compare(result.steps)
-        atomic_write(self.run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
+            # this run's result is written before the comparison runs: a kill during it keeps
+            # the paid-for program's accuracy and ledger; `bbreprog resume` finishes the comparison
+            method = self.config.train.compare_with
+            summary["comparison_pending"] = {"method": method, "run_dir": f"compare-{method}"}
+            write_result(self.run_dir, summary)
+            summary = finish_comparison(self.config, self.run_dir, summary)
+        else:
+            write_result(self.run_dir, summary)
         if plot:
             from .plot import plot_run
             plot_run(self.run_dir, summary, result.history)
         return self.run_dir, summary
 
 
-    def _compare_config(self, steps: int) -> RunConfig:
-        return dataclasses.replace(self.config, train=dataclasses.replace(
-            self.config.train, method=self.config.train.compare_with, max_steps=steps, compare_with=""))
+def write_result(run_dir: Path, summary: dict) -> None:
+    atomic_write(run_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
 
-    def _compare(self, steps: int) -> dict:
-        """The same config, seed and number of steps with another method, in a subfolder; its
-        queries are its own (a white-box step counts one query per example)."""
-        method = self.config.train.compare_with
-        other = self._compare_config(steps)
-        folder = self.run_dir / f"compare-{method}"
-        begun = (folder / "config.toml").is_file()   # the run was killed during the comparison: resume it
-        folder.mkdir(exist_ok=True)
-        _, summary = Run(other).execute(folder, resume=begun)   # quiet: its counts start again at 0
-        keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
-        return {"method": method, "run_dir": folder.name, **{k: summary[k] for k in keys}}
+
+def comparison_config(config: RunConfig, steps: int) -> RunConfig:
+    """The same config and seed with the other method, stopped after ``steps`` steps."""
+    return dataclasses.replace(config, train=dataclasses.replace(
+        config.train, method=config.train.compare_with, max_steps=steps, compare_with=""))
+
+
+def finish_comparison(config: RunConfig, run_dir: Path, summary: dict) -> dict:
+    """Run (or resume) the comparison a finished run's ``summary`` says is pending, in a
+    subfolder; its queries are its own (a white-box step counts one query per example).
+    Returns the summary with the comparison in place, written to result.json."""
+    pending = summary.pop("comparison_pending")
+    folder = run_dir / pending["run_dir"]
+    begun = (folder / "config.toml").is_file()   # killed during the comparison: resume it
+    folder.mkdir(exist_ok=True)
+    _, other = Run(comparison_config(config, summary["steps"])).execute(folder, resume=begun)
+    keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
+    summary["comparison"] = {"method": pending["method"], "run_dir": folder.name, **{k: other[k] for k in keys}}
+    write_result(run_dir, summary)
+    return summary
 
 
 def search_summary(config: RunConfig, search) -> dict:

@@ -85,10 +85,17 @@ class Trainer:
         """How many steps the budget pays for (the horizon of schedules and of nevergrad):
         the map fit and the first and last validation once, then each step with its share of
         the periodic validation passes."""
+        steps = self._affordable_steps(population)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def bound_by_steps(self) -> bool:
+        """Whether ``max_steps`` ends the run before the budget would (progress then counts steps)."""
+        return bool(self.max_steps) and self._affordable_steps(self.search.population) > self.max_steps
+
+    def _affordable_steps(self, population: int) -> int:
         per_step = population * self.batch_size + self.validation_cost / self.eval_every
         available = self.ledger.budget - self.probe_cost - self.map_cost - 2 * self.validation_cost
-        steps = max(int(available // per_step), 1)
-        return min(steps, self.max_steps) if self.max_steps else steps
+        return max(int(available // per_step), 1)
 
     # ---- queries -------------------------------------------------------------------------
     def log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
@@ -173,8 +180,11 @@ class Trainer:
                     self.on_checkpoint(self.state_dict(step, best))
             stopped = "max_steps" if self.max_steps and step >= self.max_steps else "budget"
         except BudgetExceeded:
-            # retries of a remote backend took what the last step or its validation needed
+            # retries of a remote backend took what the next step needed; the last finished
+            # step is still validated when what is left pays for it, so its program can be chosen
             stopped = "budget, retries included"
+            if history and "val_loss" not in history[-1]:
+                self._validate_after_retries(history, best)
         except BaseException:
             if self.on_checkpoint:        # keep what was paid for: the run can be resumed
                 self.on_checkpoint(self.state_dict(step, best))
@@ -193,6 +203,21 @@ class Trainer:
             best_validation_accuracy=best["accuracy"], best_validation_loss=best["loss"],
             best_step=best["step"], steps=step, stopped=stopped,
             ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started)
+
+    def _validate_after_retries(self, history: list[dict], best: dict) -> None:
+        """Validate the last finished step (θ is its program: a step moves θ only after its
+        answers arrived) and report it as a row of its own."""
+        last = history[-1]
+        try:
+            validated = self._validate(last["step"], best)
+        except BudgetExceeded:              # its own retries did not fit either
+            return
+        if validated:
+            row = {**last, "queries": self.ledger.spent, "val_loss": validated[0],
+                   "val_accuracy": validated[1], "validated_after": "retries"}
+            history.append(row)
+            if self.on_step:
+                self.on_step(row)
 
     def _can_step(self, step: int) -> bool:
         """Another step, and the validation that follows the last one, must both be affordable."""
