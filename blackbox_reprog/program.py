@@ -66,8 +66,9 @@ class Program:
 
 
 def load_program(run_dir: str | Path, backend: Backend | None = None) -> Program:
-    """The run's program around its backend, rebuilt from config.toml (or ``backend``, e.g. a
-    stand-in that only declares the model's spec, when nothing is to be queried)."""
+    """The run's program around its backend, rebuilt from program.pt and config.toml alone (the
+    training data may be gone), or around ``backend``, e.g. a stand-in that only declares the
+    model's spec, when nothing is to be queried."""
     from .degrade import degrade
     from .runner import backend_name, backend_options, build_program
     run_dir = Path(run_dir)
@@ -80,11 +81,30 @@ def load_program(run_dir: str | Path, backend: Backend | None = None) -> Program
     except Exception as error:
         raise Refusal(f"expected a readable program.pt in {run_dir}, got one that fails to load "
                       f"({type(error).__name__})") from None
+    target_shape = _target_shape(saved, config, run_dir)     # before a backend is built: nothing to close
     if backend is None:
         backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
         backend = degrade(backend, config.backend.output, config.backend.k)
-    splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
-                                     test_fraction=config.data.test_fraction, seed=config.seed)
-    transform, label_map = build_program(config, backend, splits.train)
-    label_map.load_state_dict(saved["label_map"])
+    try:
+        transform, label_map = build_program(config, backend, target_shape, len(saved["classes"]))
+        label_map.load_state_dict(saved["label_map"])
+    except BaseException:
+        backend.close()
+        raise
     return Program(config, backend, transform, label_map, saved["theta"], list(saved["classes"]))
+
+
+def _target_shape(saved: dict, config: RunConfig, run_dir: Path) -> tuple[int, ...]:
+    """The shape of one target example: recorded in program.pt since its format 2; a run
+    written before (blackbox-reprog 0.1) learns it from its training data, if still there."""
+    if "target_shape" in saved:
+        return tuple(int(s) for s in saved["target_shape"])
+    try:
+        splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
+                                         test_fraction=config.data.test_fraction, seed=config.seed)
+    except Refusal:
+        raise Refusal(f"expected the training data {config.data.name} of {run_dir}, whose program.pt was written "
+                      "by blackbox-reprog 0.1 and does not record its target shape, got none readable "
+                      "(train again to write a program that loads alone)") from None
+    return tuple(splits.train.x.shape[1:])
+

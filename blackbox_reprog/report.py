@@ -410,7 +410,8 @@ def program_section(run: RunFolder) -> tuple[list[str], bytes | None]:
         splits = data_module.make_splits(c.data.name, validation_fraction=c.data.validation_fraction,
                                          test_fraction=c.data.test_fraction, seed=c.seed)
         spec = InputSpec(tuple(backend["input_shape"]), value_range=tuple(backend["value_range"]))
-        transform, _ = build_program(c, RecordedModel(spec, backend["num_classes"]), splits.train)
+        transform, _ = build_program(c, RecordedModel(spec, backend["num_classes"]), splits.train.x.shape[1:],
+                                     splits.train.num_classes)
     except ValueError as error:              # the dataset moved or changed since the run
         return lines + [f"Not drawn: the program cannot be rebuilt from the run's dataset now ({error})", ""], None
     theta = run.program["theta"].float()                                  # (d,)

@@ -49,7 +49,7 @@ def build(config: RunConfig, *, backend: Backend | None = None,
     if config.label_map.kind == "blm+" and backend.output_kind == "label":
         raise ConfigError("expected scores (logits, probs or topk) for label_map.kind 'blm+', got a "
                           "backend answering labels only; use 'blm'")
-    transform, label_map = build_program(config, backend, splits.train)
+    transform, label_map = build_program(config, backend, splits.train.x.shape[1:], splits.train.num_classes)
     counts = np.bincount(splits.train.y, minlength=splits.train.num_classes)
     loss = make_loss(config.loss.kind, gamma=config.loss.gamma, class_counts=counts, margin=config.loss.margin)
     trainer = Trainer(backend=backend, transform=transform, label_map=label_map, loss=loss,
@@ -110,15 +110,17 @@ def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
                                      seed=config.seed, generations=trainer.planned_steps(ev.popsize))
 
 
-def build_program(config: RunConfig, backend: Backend, train: data_module.Dataset):
-    """The transform and the (unfitted) label map a config describes, for this backend and data."""
-    spec, t, m = backend.input_spec, config.transform, config.label_map
+def build_program(config: RunConfig, model, target_shape: tuple[int, ...], num_target: int):
+    """The transform and the (unfitted) label map a config describes, from the model's input
+    spec and class count (``model``: a backend, or anything with ``input_spec`` and
+    ``num_classes``) and the target examples' shape and class count."""
+    spec, t, m = model.input_spec, config.transform, config.label_map
     options = {"signal": {"grid": t.grid, "scale": t.scale},
                "frame": {"grid": t.grid, "inner": t.inner},
                "additive": {"grid": t.grid, "epsilon": t.epsilon}}.get(t.kind, {})
-    transform = make_transform(t.kind, train.x.shape[1:], spec.shape, spec.value_range,
+    transform = make_transform(t.kind, tuple(target_shape), spec.shape, spec.value_range,
                                subspace=t.subspace, seed=config.seed, **options)
-    label_map = make_label_map(m.kind, backend.num_classes, train.num_classes, per_class=m.per_class,
+    label_map = make_label_map(m.kind, model.num_classes, int(num_target), per_class=m.per_class,
                                seed=config.seed, l2=m.l2, refit=m.refit, blm_lambda=m.blm_lambda,
                                blm_topk=m.blm_topk)
     return transform, label_map
@@ -279,9 +281,7 @@ class Run:
             if recorder is not None:
                 recorder.close()
             components.backend.close()
-        save_checkpoint(self.run_dir / "program.pt", {
-            "theta": result.theta, "label_map": result.label_map.state_dict(),
-            "classes": list(components.splits.train.classes)})
+        save_checkpoint(self.run_dir / "program.pt", program_state(self.config, components, result))
         summary = result_dict(self.config, components, result)
         if recorder is not None:
             summary["journal"] = recorder.summary(result.ledger)
@@ -299,6 +299,20 @@ class Run:
             from .plot import plot_run
             plot_run(self.run_dir, summary, result.history)
         return self.run_dir, summary
+
+
+#: program.pt's layout: 2 adds what rebuilding the program needs without the training data
+#: (the target shape and the model's spec); 1 (blackbox-reprog before 0.2) held θ, map, classes
+PROGRAM_FORMAT = 2
+
+
+def program_state(config: RunConfig, components: Components, result: TrainingResult) -> dict:
+    """Everything a finished program is: θ, the fitted map, the classes, and the shapes it was
+    built for. With the run's config.toml it rebuilds without the training data."""
+    return {"format": PROGRAM_FORMAT, "theta": result.theta, "label_map": result.label_map.state_dict(),
+            "classes": list(components.splits.train.classes),
+            "target_shape": list(components.splits.train.x.shape[1:]),
+            "model": components.backend.describe()}
 
 
 def write_result(run_dir: Path, summary: dict) -> None:
