@@ -53,7 +53,11 @@ def check_declarations(backend: Backend) -> None:
 
 def check_answers(backend: Backend) -> None:
     x = _valid_batch(backend, 3)
-    p = backend.query(x)
+    told: list[int] = []
+    p = backend.query(x, on_send=lambda n, **kind: told.append(n))
+    # the ledger books every query through on_send, before its call leaves: a backend that does
+    # not tell it spends queries no budget sees, and the refusal check below would be blind to it
+    assert sum(told) == 3, f"query must tell on_send(n) of every example before its call leaves, was told of {sum(told)} of 3"
     assert isinstance(p, Prediction), f"query must return a Prediction, got {type(p).__name__}"
     assert p.kind == backend.output_kind, f"answers must be of the declared kind {backend.output_kind}, got {p.kind}"
     assert len(p) == 3, f"a batch of 3 must get 3 answers, got {len(p)}"
@@ -89,7 +93,8 @@ def check_batch_independence(backend: Backend) -> None:
 
 
 def check_refusals(backend: Backend) -> None:
-    """Bad batches are refused with InputError before anything is sent."""
+    """Bad batches are refused with InputError before anything is sent: neither ``_predict``
+    nor any call of an overridden ``query`` (which tells ``on_send`` as it leaves) goes out."""
     spec = backend.input_spec
     good = _valid_batch(backend, 2)
     bad = {"wrong shape": good.reshape(2, -1)[:, :-1] if good[0].size > 1 else good[:, None],
@@ -98,17 +103,19 @@ def check_refusals(backend: Backend) -> None:
            "empty batch": good[:0]}
     if math.isfinite(spec.value_range[1]):
         bad["out of range"] = (good + 2 * (spec.value_range[1] - spec.value_range[0]) + 1).astype(spec.dtype)
+    told: list[int] = []
     with _CountingCalls(backend) as counter:
         for case, x in bad.items():
             try:
-                backend.query(x)
+                backend.query(x, on_send=lambda n, **kind: told.append(n))
             except InputError:
                 continue
             except Exception as error:
                 raise AssertionError(f"a batch with {case} must be refused with InputError, got {type(error).__name__}") from None
             else:
                 raise AssertionError(f"a batch with {case} must be refused with InputError")
-        assert counter.calls == 0, f"refused batches must send nothing, {counter.calls} calls went out"
+        assert counter.calls == 0 and not told, (f"refused batches must send nothing, {counter.calls + len(told)} "
+                                                  "calls went out")
 
 
 CHECKS = (check_declarations, check_answers, check_deterministic, check_batch_independence, check_refusals)

@@ -84,10 +84,39 @@ def test_conformance_kit_catches_a_batch_dependent_model():
 
 def test_conformance_kit_catches_a_backend_that_sends_bad_batches():
     class Careless(CallableBackend):
-        def query(self, x):                    # skips the spec check
+        def query(self, x, on_send=None, key=None):      # skips the spec check
+            if on_send:
+                on_send(len(x))
             return self._predict(x)
     with pytest.raises(AssertionError, match="check_refusals failed"):
         check_backend(Careless(signal_model, input_shape=(1024,), num_classes=32))
+
+
+class SendsThenRefuses(CallableBackend):
+    """Overrides ``query``: every batch reaches the model (not through ``_predict``), and only
+    then is a bad one refused with InputError — the refusal comes after the money is spent."""
+
+    def __init__(self, *args, tell: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tell, self.reached_model = tell, 0
+
+    def query(self, x, on_send=None, key=None):
+        if on_send and self.tell:
+            on_send(len(x))
+        self.reached_model += 1
+        try:
+            scores = self.fn(np.asarray(x, dtype=np.float32))
+        except Exception:                                 # a batch of the wrong shape: sent all the same
+            scores = None
+        self.input_spec.check(x)
+        return self._checked(Prediction("logits", self.num_classes, scores=scores.astype(np.float32)), len(x))
+
+
+@pytest.mark.parametrize("tell", [True, False], ids=["telling on_send", "telling nobody"])
+def test_conformance_kit_catches_a_backend_that_overrides_query_and_refuses_after_sending(tell):
+    backend = SendsThenRefuses(signal_model, input_shape=(1024,), num_classes=32, tell=tell)
+    with pytest.raises(AssertionError, match="check_refusals failed" if tell else "check_answers failed.*on_send"):
+        check_backend(backend)
 
 
 @pytest.mark.parametrize("model, options, message", [
