@@ -9,6 +9,7 @@ a ``Reply``, a ``(status, headers, body)`` tuple, or a callable taking the ``Rec
 returning either. GET requests (health checks) get ``get`` without consuming the script, unless
 ``get=None``. The server binds 127.0.0.1 only; with ``tls=LocalCA(...)`` it speaks https with a
 certificate from a throw-away CA that a client trusts only when given ``ca.ca_file``.
+``connections`` counts the TCP connections it accepted, requests or not.
 """
 from __future__ import annotations
 
@@ -136,6 +137,7 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self):
         sock, address = super().get_request()
+        self.owner._count_connection()
         if self.context is not None:           # handshake in the handler's thread, not the accept loop
             sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
@@ -153,6 +155,7 @@ class ScriptedServer:
         self.requests: list[Received] = []
         self.in_flight = self.max_in_flight = 0
         self.tls_failures = self.errors = 0
+        self.connections = 0                       # TCP connections accepted, whether or not a request came
         self._next = 0
         self._lock = threading.Lock()
         self._httpd = _Server(self, port, tls.server_context() if tls else None)
@@ -196,6 +199,10 @@ class ScriptedServer:
     def _leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _count_tls_failure(self) -> None:
         with self._lock:

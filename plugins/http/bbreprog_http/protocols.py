@@ -22,6 +22,7 @@ import numpy as np
 from blackbox_reprog.backend import Prediction
 from blackbox_reprog.errors import Refusal
 
+from .paths import require_path, require_segment
 from .transport import ResponseError
 
 #: rows of a ``probs`` answer must sum to 1 within this (servers round to float32 or print
@@ -129,7 +130,7 @@ class V2(Protocol):
                  labels_output: str = ""):
         if not model_name:
             raise Refusal("expected backend.options.model_name for the v2 protocol, got none")
-        self.model_path = f"/v2/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
+        self.model_path = _model_path("/v2/models", model_name, model_version)
         self.infer_path = self.model_path + "/infer"
         # the model's own readiness, not the server's: a wrong model_name is refused before any query
         self.ready_path = self.model_path + "/ready"
@@ -202,7 +203,7 @@ class TFServing(Protocol):
                  labels_output: str = "labels"):
         if not model_name:
             raise Refusal("expected backend.options.model_name for the tfserving protocol, got none")
-        model_path = f"/v1/models/{model_name}" + (f"/versions/{model_version}" if model_version else "")
+        model_path = _model_path("/v1/models", model_name, model_version)
         self.ready_path, self.infer_path = model_path, model_path + ":predict"
         self.scores_output, self.labels_output = scores_output, labels_output
 
@@ -246,8 +247,9 @@ class Template(Protocol):
     def __init__(self, path: str = "", request: dict | str | None = None, scores_path: str = "",
                  topk_path: str = "", labels_path: str = "", label_key: str = "label",
                  score_key: str = "score", health_path: str = ""):
-        if not path.startswith("/"):
-            raise Refusal(f"expected backend.options.path starting with '/' for the template protocol, got {path!r}")
+        require_path("path", path)          # both become URLs that carry the key: on the endpoint only
+        if health_path:
+            require_path("health_path", health_path)
         request = json.loads(request) if isinstance(request, str) else (request or {"inputs": "$inputs"})
         if not _mentions(request, "$inputs"):
             raise Refusal("expected backend.options.request to contain the placeholder \"$inputs\", got none")
@@ -292,6 +294,15 @@ def make_protocol(name: str, **options) -> Protocol:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+def _model_path(prefix: str, model_name: object, model_version: object) -> str:
+    """``{prefix}/{name}[/versions/{version}]``; the name and the version are one segment each, so
+    neither can reach another resource, let alone another host."""
+    path = f"{prefix}/{require_segment('model_name', model_name)}"
+    if model_version not in ("", None):
+        path += f"/versions/{require_segment('model_version', model_version)}"
+    return path
+
+
 def _decode_rows(rows: list, batch: int, contract: Contract, scores_key: str, labels_key: str) -> Prediction:
     """TF-Serving / MLflow predictions: one entry per example — a list of scores, a label, or a
     dict of named outputs."""

@@ -3,6 +3,10 @@
 Every attempt whose bytes leave the machine is reported through ``on_attempt`` before it
 is sent, so the ledger counts it as possibly billed — retries included. Several threads
 share one Transport (bounded concurrency); each thread keeps its own ``requests.Session``.
+
+Every request, redirected or not, is checked before it leaves to go to the configured origin
+(scheme, host, port), without user:password and with a path that cannot be read as anything
+else (``paths.py``): the key in its headers goes nowhere else.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from blackbox_reprog.backend import BackendUnavailable
 from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey
+from .paths import path_problem
 from .retry import retry_delay, should_retry
 
 METHOD_KEEPING_REDIRECTS = (307, 308)
@@ -91,7 +96,10 @@ class Transport:
                  read_timeout: float = 60.0, retries: int = 5, retry_after_cap: float = 60.0,
                  rate_limit: float = 0.0, breaker_failures: int = 10, ca_bundle: str = "",
                  max_redirects: int = 3, seed: int | None = None):
-        parts = urlsplit(base_url)
+        try:
+            parts = urlsplit(base_url)
+        except ValueError as error:                         # e.g. a broken IPv6 address
+            raise Refusal(f"expected an http:// or https:// URL, got one that does not parse ({error})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Refusal(f"expected an http:// or https:// URL, got {shown(base_url)!r}")
         if parts.username or parts.password:
@@ -100,7 +108,13 @@ class Transport:
         if key is not None and parts.scheme == "http" and parts.hostname.lower() not in LOOPBACK_HOSTS:
             raise Refusal(f"expected an https:// URL to send an API key to {parts.hostname}, got plain "
                           "http:// (allowed only for 127.0.0.1 and localhost)")
+        if parts.query or parts.fragment or base_url.endswith(("?", "#")):   # a path joined after them is no path
+            raise Refusal(f"expected a base URL without a ?query or #fragment, got one after {shown(base_url)!r}")
         self.base_url = base_url.rstrip("/")
+        try:
+            self.origin = origin(self.base_url)
+        except ValueError:                                  # a port out of range
+            raise Refusal(f"expected an http:// or https:// URL, got {shown(base_url)!r}") from None
         self.key = key
         self.timeout = (float(connect_timeout), float(read_timeout))
         self.retries, self.retry_after_cap = int(retries), float(retry_after_cap)
@@ -115,6 +129,11 @@ class Transport:
 
     # ---- public --------------------------------------------------------------------------
     def url(self, path: str) -> str:
+        """The URL of ``path`` on this endpoint; refused, before anything is sent, unless it stays
+        on the configured origin with a plain path (the protocols name the option at fault earlier)."""
+        problem = path_problem(path) or self._target_problem(self.base_url + path)
+        if problem:
+            raise Refusal(f"expected a request path on {shown(self.base_url)}, got {path!r}, which {problem}")
         return self.base_url + path
 
     def get(self, path: str) -> requests.Response:
@@ -183,30 +202,48 @@ class Transport:
         headers = {"Content-Type": "application/json", "Accept": "application/json", **(extra or {})}
         if self.key is not None:
             headers.update(self.key.headers())
-        for hop in range(self.max_redirects + 1):
-            if hop and on_attempt:            # the body is sent again: book it like a retry
+        first, came_from = url, None           # came_from: the URL whose answer redirected here
+        for _ in range(self.max_redirects + 1):
+            self._check_target(url, came_from)
+            if came_from and on_attempt:       # the body is sent again: book it like a retry
                 on_attempt(True)
             response = self._session().request(method, url, data=body, headers=headers, timeout=self.timeout,
                                                allow_redirects=False, verify=self.verify)
             if not response.is_redirect:
                 return response
-            target = urljoin(url, response.headers.get("location", ""))
-            parts = urlsplit(target)
-            try:
-                elsewhere = origin(target) != origin(url) or parts.username or parts.password
-                where = shown(target)
-            except ValueError:
-                raise EndpointError(f"expected answers from {shown(url)}, got a redirect to an unparsable "
-                                    "location: not followed") from None
-            if elsewhere:
-                raise EndpointError(self._scrub(f"expected answers from {shown(url)}, got a redirect to {where}: not "
-                                    "followed, a key is never sent to another origin or with URL credentials"))
             if response.status_code not in METHOD_KEEPING_REDIRECTS and method != "GET":
-                raise EndpointError(self._scrub(f"expected a {method} redirect that keeps its method (307 or 308), "
-                                                f"got {response.status_code} to {shown(target)}"))
-            url = target
-        raise EndpointError(self._scrub(f"expected an answer from {shown(url)}, got more than "
-                                        f"{self.max_redirects} redirects"))
+                raise EndpointError(f"expected a {method} redirect that keeps its method (307 or 308), "
+                                    f"got {response.status_code} from {shown(url)}")
+            came_from, url = url, urljoin(url, response.headers.get("location", ""))
+        raise EndpointError(f"expected an answer from {shown(first)}, got more than {self.max_redirects} redirects")
+
+    def _check_target(self, url: str, came_from: str | None) -> None:
+        """Every request passes here before it leaves: to the configured origin, without
+        user:password, with a plain path; a redirect elsewhere is not followed."""
+        problem = self._target_problem(url)
+        if problem is None:
+            return
+        if came_from is None:                  # built from the config: refused before anything is sent
+            raise Refusal(f"expected a request URL on {shown(self.base_url)}, got one which {problem}")
+        try:
+            where = shown(url)
+        except ValueError:
+            where = "an unparsable location"
+        raise EndpointError(self._scrub(f"expected answers from {shown(came_from)}, got a redirect to {where}, "
+                                        f"which {problem}: not followed"))
+
+    def _target_problem(self, url: str) -> str | None:
+        """Why ``url`` must not be sent the key (None: it may), as a phrase following "which"."""
+        try:
+            parts = urlsplit(url)
+            elsewhere = origin(url) != self.origin
+        except ValueError:                     # e.g. a port out of range, a broken IPv6 address
+            return "does not parse as a URL"
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            return "carries user:password, where a key is never sent"
+        if elsewhere:
+            return "is on another origin, where a key is never sent"
+        return path_problem((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
 
     def _describe(self, error: Exception) -> str:
         kind = "timeout" if isinstance(error, requests.Timeout) else "connection error"

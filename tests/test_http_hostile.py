@@ -1,0 +1,149 @@
+"""The http plugin against options that would turn it against its user: path options that
+would carry the key to another origin. Every server here is real and binds 127.0.0.1 only."""
+from __future__ import annotations
+
+from contextlib import closing
+
+import numpy as np
+import pytest
+
+from bbreprog_http import EndpointError, HttpBackend
+from bbreprog_http.backend import PROTOCOL_OPTIONS
+from bbreprog_http.keys import ApiKey
+from bbreprog_http.transport import Transport
+from blackbox_reprog.errors import Refusal
+from tests.http_support import Reply, ScriptedServer
+
+KEY_ENV = "BBREPROG_TEST_HOSTILE_KEY"
+CANARY = "sk-CANARY-hostile-9e1f0c3b7a52d4"
+CLASSES = 3
+
+
+@pytest.fixture
+def canary(monkeypatch) -> str:
+    monkeypatch.setenv(KEY_ENV, CANARY)
+    return CANARY
+
+
+def settings(url: str, protocol: str, **options) -> dict:
+    """Options for a backend on ``url`` that would construct (and check its health) if nothing
+    in ``options`` were wrong."""
+    base = {"v2": {"model_name": "m"}, "tfserving": {"model_name": "m"}, "mlflow": {},
+            "template": {"path": "/predict", "health_path": "/healthz", "scores_path": "scores"}}[protocol]
+    return {"protocol": protocol, "input_shape": [2], "num_classes": CLASSES, "output_kind": "logits",
+            "key_env": KEY_ENV, "retries": 0, "connect_timeout": 1.0, "read_timeout": 2.0, **base, **options}
+
+
+def one_sentence(error: BaseException) -> str:
+    message = str(error)
+    assert "\n" not in message and "\r" not in message and message.startswith("expected") and ", got" in message
+    return message
+
+
+# ---- 1. path options never take the key to another origin ----------------------------------------
+#: every option that becomes part of a request's URL, per protocol (mlflow's paths are fixed)
+PATH_OPTIONS = {"v2": ("model_name", "model_version"), "tfserving": ("model_name", "model_version"),
+                "mlflow": (), "template": ("path", "health_path")}
+#: the options that never reach a URL: names inside the JSON bodies and paths into the answer
+NOT_IN_URLS = {"input_name", "request_outputs", "scores_output", "labels_output", "request", "scores_path",
+               "topk_path", "labels_path", "label_key", "score_key"}
+#: values aimed at ``there``, a second real listener on 127.0.0.1 ({there} is its host:port)
+HOSTILE = {
+    "@host": "@{there}",
+    "@host/ready": "@{there}/ready",
+    "//host": "//{there}",
+    "//host/ready": "//{there}/ready",
+    "http://host": "http://{there}",
+    "full URL": "http://{there}/v2/models/m/ready",
+    "backslashes": "\\\\{there}",
+    "slash-backslash": "/\\{there}/ready",
+    "%2F%2Fhost": "%2F%2F{there}",
+    "/%2F%2Fhost": "/%2F%2F{there}/ready",
+    "%40host": "%40{there}",
+    "/%40host": "/x%40{there}",
+    "%5Chost": "/%5C%5C{there}",
+    "..": "..",
+    "/../x": "/../x",
+    "/%2e%2e/x": "/%2e%2e/x",
+    "/.%2E/x": "/.%2E/x",
+    "/./x": "/./x",
+    "CR/LF": "/ready\r\nHost: {there}",
+    "LF alone": "/ready\nX: 1",
+    "space": "/ready HTTP/1.1",
+    "fragment": "/ready#{there}",
+}
+CASES = [(protocol, option, value) for protocol, options in PATH_OPTIONS.items() for option in options
+         for value in HOSTILE]
+
+
+def test_the_path_options_listed_here_are_all_the_options_that_reach_a_url():
+    for protocol, options in PROTOCOL_OPTIONS.items():
+        assert set(options) - NOT_IN_URLS == set(PATH_OPTIONS[protocol]), protocol
+
+
+@pytest.mark.parametrize("protocol, option, value", CASES, ids=[f"{p}-{o}-{v}" for p, o, v in CASES])
+def test_a_path_option_aimed_elsewhere_is_refused_before_anything_is_sent(protocol, option, value, canary):
+    with ScriptedServer([Reply(body={"scores": [[1, 0, 0]]})]) as here, ScriptedServer() as there:
+        hostile = HOSTILE[value].format(there=f"127.0.0.1:{there.port}")
+        with pytest.raises(Refusal) as refused:
+            HttpBackend.from_config(here.url, **settings(here.url, protocol, **{option: hostile})).close()
+        assert there.connections == 0 and there.requests == []      # not reached at all, the key least of all
+        assert here.requests == []                                   # refused before the health check too
+    message = one_sentence(refused.value)
+    assert f"backend.options.{option}" in message and repr(hostile) in message
+    assert CANARY not in message
+
+
+@pytest.mark.parametrize("protocol", PATH_OPTIONS)
+def test_plain_paths_and_names_still_reach_the_endpoint(protocol, canary):
+    options = {"v2": {"model_name": "resnet-50_v1.2", "model_version": 2},
+               "tfserving": {"model_name": "half_plus_two", "model_version": "00001"},
+               "mlflow": {}, "template": {"path": "/api/v3/classify:run?version=2023-05-01",
+                                          "health_path": "/api/v3/health"}}[protocol]
+    with ScriptedServer([Reply(body={"scores": [[1, 0, 0]]})]) as here:
+        HttpBackend.from_config(here.url, **settings(here.url, protocol, **options)).close()
+    expected = {"v2": "/v2/models/resnet-50_v1.2/versions/2/ready", "tfserving": "/v1/models/half_plus_two/versions/00001",
+                "mlflow": "/ping", "template": "/api/v3/health"}[protocol]
+    assert [(r.method, r.path, r.headers["authorization"]) for r in here.requests] == [
+        ("GET", expected, f"Bearer {CANARY}")]
+
+
+TRANSPORT_PATHS = ["@{there}/x", "//{there}/x", "http://{there}/x", "\\\\{there}/x", "x", "", "/a/../b", "/%2E%2E/b",
+                   "/a%2Fb", "/a%5cb", "/a%40b", "/a@b", "/a#b", "/a\r\nb", "/a b", "/a\x00b", "/a%0Db", "/caf\u00e9"]
+
+
+@pytest.mark.parametrize("path", TRANSPORT_PATHS)
+def test_the_transport_refuses_a_path_off_its_origin_for_every_request(path):
+    """Below the protocols: whatever path reaches the transport, GET or POST, nothing leaves."""
+    with ScriptedServer() as here, ScriptedServer() as there:
+        hostile = path.format(there=f"127.0.0.1:{there.port}")
+        transport = Transport(here.url, key=ApiKey(CANARY, "test"), retries=0)
+        attempts = []
+        try:
+            with pytest.raises(Refusal) as on_get:
+                transport.get(hostile)
+            with pytest.raises(Refusal):
+                transport.post(hostile, b"{}", attempts.append)
+        finally:
+            transport.close()
+        assert there.connections == here.connections == 0
+    assert attempts == []                                       # nothing booked: nothing was sent
+    assert repr(hostile) in one_sentence(on_get.value)
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:9/?model=x", "http://127.0.0.1:9/#x", "http://127.0.0.1:9/?",
+                                  "http://127.0.0.1:99999", "http://[::1"])
+def test_a_base_url_a_path_cannot_follow_is_refused(base):
+    with pytest.raises(Refusal) as refused:
+        Transport(base)
+    one_sentence(refused.value)
+
+
+def test_a_same_origin_redirect_to_a_path_that_hides_another_host_is_not_followed(canary):
+    with ScriptedServer() as here:
+        here.script = [Reply(307, {"Location": f"/v2/models/m/x%2F%2F127.0.0.1:{here.port}/infer"})]
+        with closing(HttpBackend.from_config(here.url, **settings(here.url, "v2"))) as remote, \
+                pytest.raises(EndpointError, match="not followed") as caught:
+            remote.query(np.zeros((1, 2), np.float32))
+    one_sentence(caught.value)
+    assert len(here.posts) == 1
