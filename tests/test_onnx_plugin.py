@@ -149,6 +149,17 @@ def test_missing_file_is_refused(folder, sessions):
     refused(path, f"expected an ONNX model file, got {path}, which does not exist", sessions)
 
 
+def test_folder_is_refused_as_a_folder(folder, sessions):
+    """A folder exists: calling it missing sent users looking for a typo."""
+    refused(folder, f"expected an ONNX model file (.onnx), got {folder}, which is a folder", sessions)
+
+
+def test_named_pipe_is_refused_unopened(folder, sessions):
+    path = folder / "pipe.onnx"
+    os.mkfifo(path)
+    refused(path, f"expected an ONNX model file (.onnx), got {path}, which is not a regular file", sessions)
+
+
 # ---------------------------------------------------------------- 3-6: external data escapes
 
 def test_external_data_absolute_path_is_refused(folder, sessions):

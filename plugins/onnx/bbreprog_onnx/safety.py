@@ -103,8 +103,12 @@ def check_model_file(path: str | Path):
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UnsafeModel(f"expected an ONNX model file, got {path}, which does not exist")
+    if path.is_dir():       # said as such: "does not exist" would send the user looking for a typo
+        raise UnsafeModel(f"expected an ONNX model file (.onnx), got {path}, which is a folder")
+    if not path.is_file():  # a FIFO or a device: reading one could block or stream forever
+        raise UnsafeModel(f"expected an ONNX model file (.onnx), got {path}, which is not a regular file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as error:
