@@ -8,8 +8,11 @@ from __future__ import annotations
 import difflib
 import gzip
 import importlib.util
+import math
 import os
+import stat
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -23,6 +26,15 @@ from .errors import Refusal
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")   # apt install dataset-fashion-mnist (Debian, Ubuntu)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The most pixels one image may have: 25 megapixels, a full-size photo from most cameras. Targets
+# are small (MNIST is 28x28, the zoo's image model takes 128x128) and predict resizes each image
+# to the training size, so nothing larger is needed, while one decoded image stays under 75 MB
+# (300 MB as float32). Checked from the header, before decoding: a PNG of a few kilobytes can
+# claim 14000x14000 pixels.
+MAX_IMAGE_PIXELS = 25_000_000
+# How many bytes one stored byte of a zip member can become: deflate's ceiling is 1032 to 1
+# (np.savez_compressed); np.savez stores members as they are.
+_ZIP_EXPANSION = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 
 # What a reader produces before labels are encoded: inputs and the original labels as strings.
 Raw = tuple[np.ndarray, list[str]]
@@ -97,6 +109,83 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
                         f"{train.name!r}, but got {len(train)}, {len(validation)} and {len(test)}; give some "
                         f"class at least {2 if official else 3} examples.")
     return Splits(train, validation, test)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+def regular_file(path: Path) -> Path:
+    """``path``, refused unless it is a regular file (or a link to one). Checked before opening:
+    opening a named pipe (FIFO) waits forever for a writer, and a device can stream forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"expected a file at {path}, got nothing there") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise DataError(f"expected a regular file at {path}, got {kind}")
+    return path
+
+
+def check_npy_size(path: Path) -> None:
+    """Refuse an .npy file whose header promises more data than the file holds (see _check_array_size)."""
+    with open(regular_file(path), "rb") as handle:
+        _check_array_size(handle, os.fstat(handle.fileno()).st_size, f"the array in {path.name}")
+
+
+def check_npz_sizes(path: Path) -> None:
+    """Refuse an .npz archive holding anything but .npy arrays, or an array whose header
+    promises more data than its member holds. A member's declared size is as easy to forge as
+    the header, so it is capped by what the archive's bytes on disk can expand to."""
+    on_disk = os.stat(regular_file(path)).st_size
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            expansion = _ZIP_EXPANSION.get(info.compress_type)
+            if expansion is None:
+                raise DataError(f"expected .npz members stored or deflated, as numpy writes them, got "
+                                f"{info.filename!r} in {path.name} compressed with zip method {info.compress_type}")
+            size = min(info.file_size, expansion * min(info.compress_size, on_disk))
+            with archive.open(info) as handle:
+                _check_array_size(handle, size, f"array {info.filename.removesuffix('.npy')!r} in {path.name}")
+
+
+def _check_array_size(handle, size: int, where: str) -> None:
+    """Refuse an .npy stream of ``size`` bytes whose header promises more data than the rest
+    holds: numpy allocates the whole array from the header before reading any data, so a file
+    of a few bytes claiming 10^12 elements would ask for terabytes. A stream that is not an
+    .npy array raises ValueError, which callers report as an unreadable file."""
+    version = np.lib.format.read_magic(handle)
+    if version not in ((1, 0), (2, 0), (3, 0)):           # 3.0 differs from 2.0 in its text encoding only
+        raise ValueError(f"expected .npy format 1.0, 2.0 or 3.0, got {version}")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
+    if dtype.hasobject:     # pickled, so of any length; never allocated: np.load refuses it (allow_pickle=False)
+        return
+    promised, left = math.prod(shape) * dtype.itemsize, size - handle.tell()
+    if promised > left:
+        raise DataError(f"expected {where} to hold the {promised:,} bytes its header promises ({dtype} of "
+                        f"shape {shape}), got {max(left, 0):,} bytes")
+
+
+def open_image(path: Path):
+    """A Pillow image with only its header read, refused unless ``path`` is a regular file of at
+    most MAX_IMAGE_PIXELS pixels; decode it with ``with open_image(path) as image: ...``.
+    Decoding errors are OSError, left to the caller."""
+    from PIL import Image  # imported here: only images need Pillow
+    regular_file(path)
+    try:
+        with warnings.catch_warnings():   # Pillow's own, higher limit warns; ours refuses below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused there, before we see its size
+        size = f"has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+    else:
+        width, height = image.size
+        if width * height <= MAX_IMAGE_PIXELS:
+            return image
+        image.close()
+        size = f"is {width}x{height} ({width * height:,} pixels)"
+    raise DataError(f"expected an image of at most {MAX_IMAGE_PIXELS:,} pixels, got {path}, which {size}")
 
 
 # --------------------------------------------------------------------------- names and paths
@@ -187,7 +276,7 @@ def _package_file(package: str, relative: str) -> Path | None:
 
 def _read_ts(path: Path) -> Raw:
     """sktime/aeon .ts: comments, @header lines, then one 'v1,v2,...,vn:label' row per example."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = regular_file(path).read_text(encoding="utf-8", errors="replace").splitlines()
     header, consumed = _ts_header(lines)
     if "data" not in header:
         raise DataError(f"Expected an @data line in {path.name}, but found none.")
@@ -262,7 +351,7 @@ def _parse_series(text: str, where: str) -> np.ndarray:
 
 def _read_ucr_txt(path: Path) -> Raw:
     """UCR text: one example per row, label first; whitespace- or comma-separated."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(regular_file(path), encoding="utf-8", errors="replace") as handle:
         delimiter = "," if "," in handle.readline() else None
     try:
         with warnings.catch_warnings():  # an empty file warns; it is reported as empty later
@@ -332,17 +421,21 @@ def _read_idx(path: Path, dims: int) -> np.ndarray:
 
 def _read_npz(path: Path) -> RawPair:
     try:
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as exc:
+            keys = next((k for k in (("x_train", "y_train", "x_test", "y_test"), ("x", "y"))
+                         if set(k) <= set(archive.files)), None)
+            if keys is None:
+                raise DataError(f"Expected keys x, y or x_train, y_train, x_test, y_test in {path.name}, "
+                                f"but found {sorted(archive.files)}.")
+            arrays = [archive[key] for key in keys]         # only these: other members are never read
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"Expected a readable .npz archive at {path.name}, but loading failed ({exc}).") from None
-    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        return (_npz_part(arrays["x_train"], arrays["y_train"], path),
-                _npz_part(arrays["x_test"], arrays["y_test"], path))
-    if {"x", "y"} <= arrays.keys():
-        return _npz_part(arrays["x"], arrays["y"], path), None
-    raise DataError(f"Expected keys x, y or x_train, y_train, x_test, y_test in {path.name}, "
-                    f"but found {sorted(arrays)}.")
+    if len(arrays) == 4:
+        return _npz_part(arrays[0], arrays[1], path), _npz_part(arrays[2], arrays[3], path)
+    return _npz_part(arrays[0], arrays[1], path), None
 
 
 def _npz_part(x: np.ndarray, y: np.ndarray, path: Path) -> Raw:
@@ -381,9 +474,8 @@ def _read_image_folder(root: Path) -> Raw:
 
 
 def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image  # imported here: only image folders need Pillow
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.float32)
     except OSError as exc:
         raise DataError(f"Expected a readable image at {path}, but opening it failed ({exc}).") from None
@@ -397,33 +489,38 @@ def _build(name: str, train: Raw, test: Raw | None) -> tuple[Dataset, Dataset | 
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
         raise DataError(f"Expected test inputs of shape {x_train.shape[1:]} like the training set of "
                         f"{name!r}, but found {x_test.shape[1:]}.")
-    classes, y_train, y_test = _encode_labels(train[1], test[1] if test else None)
+    classes, y_train, y_test = _encode_labels(train[1], test[1] if test else None, name)
     if len(classes) < 2:
         raise DataError(f"Expected at least two classes in {name!r}, but found only {list(classes)}.")
     return Dataset(x_train, y_train, classes, name), (Dataset(x_test, y_test, classes, name) if test else None)
 
 
-def _encode_labels(train: list[str], test: list[str] | None):
+def _encode_labels(train: list[str], test: list[str] | None, name: str):
     """Sorted unique train labels (numerically when all are numbers) -> 0..K-1; test uses the same map."""
-    train, numeric = _canonical_labels(train)
+    train, numeric = _canonical_labels(train, f"the training set of {name!r}")
     classes = tuple(sorted(set(train), key=float if numeric else str))
     index = {label: i for i, label in enumerate(classes)}
     y_train = np.array([index[label] for label in train], dtype=np.int64)
     if test is None:
         return classes, y_train, None
-    test, _ = _canonical_labels(test)
+    test, _ = _canonical_labels(test, f"the test set of {name!r}")
     unseen = sorted(set(test) - index.keys())
     if unseen:
         raise DataError(f"Expected every test label to occur in the training set, but found unseen labels {unseen[:5]}.")
     return classes, y_train, np.array([index[label] for label in test], dtype=np.int64)
 
 
-def _canonical_labels(labels: list[str]) -> tuple[list[str], bool]:
-    """Write numeric labels one way, so '1', '1.0' and '1.0000000e+00' are the same class."""
+def _canonical_labels(labels: list[str], where: str) -> tuple[list[str], bool]:
+    """Write numeric labels one way, so '1', '1.0' and '1.0000000e+00' are the same class; other
+    numbers keep their shortest form ('0.5'). When every label is a number, a NaN or infinite one
+    is a missing label, not a class (it would also break the numeric order of the classes)."""
     try:
         values = [float(label) for label in labels]
     except ValueError:
         return labels, False
+    for row, (label, value) in enumerate(zip(labels, values), start=1):
+        if not math.isfinite(value):
+            raise DataError(f"expected a finite number as every label in {where}, got {label!r} in row {row}")
     return [str(int(v)) if v.is_integer() else repr(v) for v in values], True
 
 

@@ -11,6 +11,7 @@ training budget.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def read_inputs(inputs: list[str] | tuple[str, ...], target_shape: tuple[int, ..
         raise Refusal(f"expected one dataset, array or series file, or one or more image files, got "
                       f"{len(inputs)} inputs ({', '.join(inputs[:3])}{', …' if len(inputs) > 3 else ''})")
     path = paths[0]
+    if path.exists() and not path.is_dir():
+        data_module.regular_file(path)          # a FIFO or device would block or stream forever
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
     if images:                                  # a plain folder of images; class subfolders make a dataset
         return _read_images(images, target_shape), [p.name for p in images]
@@ -94,12 +97,15 @@ def _read_npz(path: Path) -> np.ndarray:
     """``x_test`` (a train/test archive) or ``x``; 8-bit images are scaled to [0, 1] as the
     data loader does."""
     try:
+        data_module.check_npz_sizes(path)       # before numpy allocates what a header claims
         with np.load(path, allow_pickle=False) as archive:
             key = next((k for k in ("x_test", "x") if k in archive.files), None)
             if key is None:
                 raise Refusal(f"expected an array x or x_test in {path.name}, got {sorted(archive.files)}")
             x = archive[key]
-    except (OSError, EOFError) as error:
+    except Refusal:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise Refusal(f"expected a readable .npz archive at {path.name}, got one that fails to load "
                       f"({type(error).__name__})") from None
     return _as_examples(x, path)
@@ -107,7 +113,10 @@ def _read_npz(path: Path) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
+        data_module.check_npy_size(path)        # before numpy allocates what the header claims
         x = np.load(path, allow_pickle=False)
+    except Refusal:
+        raise
     except (OSError, EOFError, ValueError) as error:
         raise Refusal(f"expected a readable .npy array at {path.name}, got one that fails to load "
                       f"({type(error).__name__})") from None
@@ -151,10 +160,8 @@ def _read_images(paths: list[Path], target_shape: tuple[int, ...]) -> np.ndarray
     channels, height, width = target_shape
     images = []
     for path in paths:
-        if not path.is_file():
-            raise Refusal(f"expected an image file at {path}, got nothing there")
         try:
-            with Image.open(path) as image:
+            with data_module.open_image(path) as image:     # a regular file, pixels counted before decoding
                 image = image.convert("L" if channels == 1 else "RGB")
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.BILINEAR)

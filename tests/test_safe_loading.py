@@ -382,4 +382,4 @@ def test_a_dataset_npz_holding_a_pickled_object_is_refused(tmp_path, marker):
 def test_inputs_to_predict_holding_a_pickled_object_are_refused(journaled_run, tmp_path, marker):
     inputs = hostile_npz(tmp_path / "inputs.npz", marker, x=np.array([[Payload(marker)] * 24] * 2, dtype=object))
     refused_by_cli(invoke("predict", journaled_run, inputs),
-                   "Object arrays cannot be loaded when allow_pickle=False", marker)
+                   "expected a readable .npz archive at inputs.npz, got one that fails to load (ValueError)", marker)
