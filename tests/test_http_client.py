@@ -24,7 +24,7 @@ from bbreprog_http import EndpointError, EndpointUnavailable, HttpBackend, Respo
 from bbreprog_http.keys import ApiKey
 from bbreprog_http.protocols import PROBABILITY_TOLERANCE, V2, Contract, MLflow, Template, TFServing
 from bbreprog_http.retry import backoff, retry_delay, server_delay
-from bbreprog_http.transport import Transport
+from bbreprog_http.transport import ContractError, Transport
 from blackbox_reprog.backend import Prediction
 from blackbox_reprog.ledger import BudgetExceeded, Ledger
 from tests.http_support import (LocalCA, Received, Reply, ScriptedServer, free_port, v2_answer, v2_inputs,
@@ -189,7 +189,7 @@ def test_a_refusing_status_is_not_sent_again(status, canary):
         book = Ledger(remote, budget=None)
         with pytest.raises(EndpointError) as caught:
             book.query(batch(2), "train")
-    assert type(caught.value) is EndpointError
+    assert type(caught.value) is ContractError                # the request is wrong: refused, not retried later
     assert f"got HTTP {status}" in one_sentence(caught.value)
     assert len(server.posts) == 1
     assert tally(book) == (2, 0, 1)

@@ -135,7 +135,9 @@ def test_an_endpoint_that_keeps_failing_ends_the_run_with_exit_code_3(tmp_path, 
     from click.testing import CliRunner
 
     from blackbox_reprog.cli import main
-    with ModelServer(crepe, name="crepe-tiny", fault_rate=1.0, faults=("500",)) as server:
+    # busy on every attempt, and saying so (a 429 with Retry-After): an outage. The same 500 to every
+    # attempt of the first call would be a request the endpoint refuses (exit 2, test_http_hostile.py)
+    with ModelServer(crepe, name="crepe-tiny", fault_rate=1.0, faults=("429",), retry_after=0.0) as server:
         options = remote(server.url, crepe, retries=1)["options"]
         config = tmp_path / "down.toml"
         config.write_text(f'budget = 3000\nname = "down"\n[backend]\nname = "http"\nmodel = "{server.url}"\n'

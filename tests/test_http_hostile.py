@@ -1,18 +1,27 @@
-"""The http plugin against options that would turn it against its user: path options that
-would carry the key to another origin. Every server here is real and binds 127.0.0.1 only."""
+"""The http plugin against options and servers that would turn it against its user: path
+options that would carry the key to another origin, and a server that refuses a request the same
+way every time (a contract error, not an outage). Every server here is real and binds 127.0.0.1
+only."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bbreprog_http import EndpointError, HttpBackend
+from bbreprog_http import ContractError, EndpointError, EndpointUnavailable, HttpBackend
 from bbreprog_http.backend import PROTOCOL_OPTIONS
 from bbreprog_http.keys import ApiKey
 from bbreprog_http.transport import Transport
+from blackbox_reprog.backend import BackendUnavailable
 from blackbox_reprog.errors import Refusal
-from tests.http_support import Reply, ScriptedServer
+from blackbox_reprog.ledger import Ledger
+from tests.http_support import Reply, ScriptedServer, v2_one_hot
 
 KEY_ENV = "BBREPROG_TEST_HOSTILE_KEY"
 CANARY = "sk-CANARY-hostile-9e1f0c3b7a52d4"
@@ -147,3 +156,98 @@ def test_a_same_origin_redirect_to_a_path_that_hides_another_host_is_not_followe
             remote.query(np.zeros((1, 2), np.float32))
     one_sentence(caught.value)
     assert len(here.posts) == 1
+
+
+# ---- 2. a request the endpoint refuses the same way every time is a contract error ---------------
+INVALID = {"error": "InvalidArgument: unexpected shape for input 'input' for model 'm'. Got: 512 Expected: 1024"}
+
+
+def contract_backend(url: str, **options) -> closing:
+    """A V2 backend (closed afterwards) making three attempts a call: retry waits are the short
+    backoff of the first retries (under 1.5 s in all)."""
+    return closing(HttpBackend.from_config(url, **settings(url, "v2", **{"retries": 2, **options})))
+
+
+def tally(book: Ledger, purpose: str) -> tuple[int, int, int]:
+    t = book.tallies[purpose]
+    return t.queries, t.retried, t.calls
+
+
+def test_the_same_500_to_every_attempt_of_the_first_call_is_a_contract_error(canary):
+    echo = {"error": INVALID["error"], "seen": CANARY}          # a server echoing the key back
+    with ScriptedServer([Reply(500, {}, echo)]) as server, contract_backend(server.url) as remote:
+        book = Ledger(remote, budget=None)
+        with pytest.raises(ContractError) as caught:
+            book.query(np.zeros((1, 2), np.float32), "probe")
+    error = caught.value
+    assert isinstance(error, Refusal) and not isinstance(error, BackendUnavailable)
+    message = one_sentence(error)
+    assert "HTTP 500" in message and "Got: 512 Expected: 1024" in message and "all 3 attempts" in message
+    assert CANARY not in message and '"seen": "***"' in message
+    assert len(server.posts) == 3
+    assert tally(book, "probe") == (1, 2, 3)                   # every attempt was sent, so every one is booked
+
+
+def test_a_4xx_is_a_contract_error_at_once():
+    with ScriptedServer([Reply(400, {}, INVALID)]) as server, contract_backend(server.url, key_env="") as remote, \
+            pytest.raises(ContractError, match="Got: 512 Expected: 1024"):
+        remote.query(np.zeros((1, 2), np.float32))
+    assert len(server.posts) == 1
+
+
+ONE_HOT = v2_one_hot(CLASSES)
+OUTAGES = {
+    "bodies that differ": ([Reply(500, {}, b"worker 1 crashed"), Reply(500, {}, b"worker 2 crashed")],
+                           "worker 1 crashed"),
+    "503 with Retry-After": ([Reply(503, {"Retry-After": "0"}, INVALID)], "Got: 512"),
+    "429": ([Reply(429, {}, b"slow down")], "slow down"),
+    "502 from a gateway": ([Reply(502, {}, b"bad gateway")], "bad gateway"),
+    "a failure, then timeouts": ([Reply(500, {}, b"first of all"), Reply(body=b"{}", delay=1.0)], "first of all"),
+    # the same request shape was answered before: the endpoint broke, resuming later may help
+    "the same 500 after a good answer": ([ONE_HOT, Reply(500, {}, INVALID)], "Got: 512"),
+    # with retries = 0 nothing was sent twice: one answer says nothing about the next
+    "one 500, not retried": ([Reply(500, {}, INVALID)], "Got: 512"),
+}
+
+
+@pytest.mark.parametrize("case", OUTAGES)
+def test_failures_that_may_pass_stay_an_outage_with_the_first_answer_in_the_message(case):
+    script, first = OUTAGES[case]
+    retries = 0 if case == "one 500, not retried" else 1
+    with ScriptedServer(script) as server, \
+            contract_backend(server.url, key_env="", retries=retries, read_timeout=0.3) as remote:
+        if case.startswith("the same 500 after"):
+            remote.query(np.zeros((1, 2), np.float32))
+        with pytest.raises(EndpointUnavailable) as caught:
+            remote.query(np.zeros((1, 2), np.float32))
+    assert not isinstance(caught.value, Refusal)
+    assert first in one_sentence(caught.value)
+
+
+def train_config(folder: Path, url: str, **options) -> Path:
+    backend = {"protocol": "v2", "model_name": "crepe-tiny", "input_shape": [1024], "num_classes": 360,
+               "value_range": [-10.0, 10.0], "output_kind": "logits", **options}
+    config = folder / "contract.toml"
+    config.write_text(
+        f'budget = 3000\nseed = 1\nname = "contract"\n[backend]\nname = "http"\nmodel = "{url}"\n'
+        "[backend.options]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in backend.items()) +
+        '[data]\nname = "ItalyPowerDemand"\n[transform]\nkind = "signal"\ngrid = 16\n'
+        '[label_map]\nkind = "frequency"\nper_class = 4\n[train]\nbatch_size = 16\n')
+    return config
+
+
+def test_the_cli_ends_a_run_whose_probe_breaks_the_contract_with_exit_code_2(tmp_path):
+    bbreprog = str(Path(sys.executable).with_name("bbreprog"))
+    env = {**os.environ, KEY_ENV: CANARY}
+    with ScriptedServer([Reply(500, {}, INVALID)]) as server:
+        config = train_config(tmp_path, server.url, retries=2, key_env=KEY_ENV)
+        result = subprocess.run([bbreprog, "train", str(config), "--out", str(tmp_path / "runs"), "--quiet"],
+                                check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: expected HTTP 200 from ") and result.stderr.count("\n") == 1
+    assert "Got: 512 Expected: 1024" in result.stderr and "resume" not in result.stderr
+    assert CANARY not in result.stderr + result.stdout
+    assert len(server.posts) == 3                                # the probe and its two retries, nothing more
+    records = [json.loads(line) for line in (tmp_path / "runs" / "contract" / "journal.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["intent", "retry", "retry", "failed"]   # every attempt booked
+    assert records[-1]["error"] == "ContractError"

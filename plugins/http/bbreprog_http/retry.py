@@ -4,6 +4,11 @@ Retried: connection errors, timeouts, 408, 409, 429 and every 5xx. Not retried: 
 (the request itself is wrong, sending it again buys the same refusal) and a 200 whose body
 is bad (that answer was paid for; it is recorded, not bought twice).
 
+A call whose every attempt got the same error answer (status and body), from a status that
+does not mean "later" (408, 409, 429, 502, 503, 504, or any answer with a ``Retry-After``),
+before the endpoint has answered any query, is a request the endpoint refuses: see
+``Transport`` and docs/remote.md.
+
 The wait honours the server: ``retry-after-ms`` first, then ``Retry-After`` as seconds or
 as an HTTP date, when finite, not negative and within ``cap``. Otherwise, and for failures
 without a response, the wait is ``min(0.5·2^n, 8 s)`` with full jitter (n = retries so far).
@@ -16,10 +21,18 @@ import random
 import time
 
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+#: statuses that say "not now" whatever their body: a timeout, a conflict (a call with the
+#: same idempotency key still running), a rate limit, a gateway or an overloaded server
+LATER_STATUSES = frozenset({408, 409, 429, 502, 503, 504})
 
 
 def should_retry(status: int) -> bool:
     return status in RETRY_STATUSES
+
+
+def says_later(status: int, headers) -> bool:
+    """The answer itself says the server may answer later: a 'later' status or a Retry-After."""
+    return status in LATER_STATUSES or "retry-after" in headers or "retry-after-ms" in headers
 
 
 def backoff(retry: int, *, base: float = 0.5, ceiling: float = 8.0, rng: random.Random | None = None) -> float:

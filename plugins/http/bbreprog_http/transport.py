@@ -7,12 +7,18 @@ share one Transport (bounded concurrency); each thread keeps its own ``requests.
 Every request, redirected or not, is checked before it leaves to go to the configured origin
 (scheme, host, port), without user:password and with a path that cannot be read as anything
 else (``paths.py``): the key in its headers goes nowhere else.
+
+A call that fails ends in one of two ways. ``EndpointUnavailable`` (the CLI's exit code 3, try
+again later): the endpoint is down or busy. ``ContractError`` (a refusal, exit code 2): the
+endpoint refuses the request itself — a 4xx, or the same error answer to every attempt from an
+endpoint that has not answered any query yet — so resending it cannot help.
 """
 from __future__ import annotations
 
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
@@ -23,7 +29,7 @@ from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey
 from .paths import path_problem
-from .retry import retry_delay, should_retry
+from .retry import retry_delay, says_later, should_retry
 
 METHOD_KEEPING_REDIRECTS = (307, 308)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -34,7 +40,13 @@ class EndpointError(RuntimeError):
 
 
 class EndpointUnavailable(EndpointError, BackendUnavailable):
-    """The circuit breaker opened: too many attempts in a row failed; the run should stop."""
+    """The endpoint is down or busy (the circuit breaker opened, or a call's retries ran out on
+    failures that may pass): the run stops, to be resumed later."""
+
+
+class ContractError(EndpointError, Refusal):
+    """The endpoint refuses the request itself, so sending it again cannot help: the config
+    must change. Its attempts were sent, and stay booked."""
 
 
 class ResponseError(EndpointError):
@@ -51,6 +63,21 @@ def shown(url: str) -> str:
     """A URL fit for a message: without any user:password part."""
     parts = urlsplit(url)          # no user:password, no query string (either may carry a secret)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt: what a message says of it, and what makes two failures the same."""
+
+    text: str                      # "HTTP 500: <the start of the body>", "timeout (ReadTimeout)"
+    status: int | None = None      # None: no answer at all
+    body: bytes = b""
+    later: bool = False            # the answer itself says "try later" (its status, a Retry-After)
+
+
+def _first_last(first: str, last: str) -> str:
+    """The first failure of a run of them (often the telling one) and the last."""
+    return f"last: {last}" if first == last else f"first: {first}; last: {last}"
 
 
 class RateLimit:
@@ -75,13 +102,13 @@ class CircuitBreaker:
     """Opens after ``threshold`` consecutive failed attempts across all requests; stays open."""
 
     def __init__(self, threshold: int):
-        self.threshold, self.failures, self.last = int(threshold), 0, ""
+        self.threshold, self.failures, self.first, self.last = int(threshold), 0, "", ""
         self._lock = threading.Lock()
 
     def check(self, url: str) -> None:
         if self.threshold and self.failures >= self.threshold:
             raise EndpointUnavailable(f"expected {url} to answer, got {self.failures} failed attempts in a row "
-                                      f"(last: {self.last}); stopping before spending more")
+                                      f"({_first_last(self.first, self.last)}); stopping before spending more")
 
     def record(self, failure: str | None) -> None:
         with self._lock:
@@ -89,6 +116,7 @@ class CircuitBreaker:
                 self.failures = 0
             else:
                 self.failures, self.last = self.failures + 1, failure
+                self.first = failure if self.failures == 1 else self.first
 
 
 class Transport:
@@ -123,6 +151,7 @@ class Transport:
         self.rate_limit = RateLimit(float(rate_limit))
         self.breaker = CircuitBreaker(breaker_failures)
         self._rng = random.Random(seed)
+        self._answered = False       # has any query had its 200? Until then a repeated refusal is a ContractError
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -145,6 +174,7 @@ class Transport:
         """POST until a 200 arrives, retrying what the policy allows; ``on_attempt(is_retry)`` is
         called before each attempt leaves (it may refuse by raising, e.g. over budget)."""
         url = self.url(path)
+        failures: list[Failure] = []
         for retry in range(self.retries + 1):
             self.breaker.check(shown(url))
             self.rate_limit.wait()
@@ -157,22 +187,22 @@ class Transport:
                                     "does not (name a private CA with backend.options.ca_bundle)") from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as error:   # a body cut mid-way is a lost connection
-                failure = self._describe(error)
+                failure = Failure(self._describe(error))
             except requests.RequestException as error:
                 raise EndpointError(f"expected an answer from {shown(url)}, got {type(error).__name__}") from None
             else:
                 if response.status_code == 200:
                     self.breaker.record(None)
+                    self._answered = True
                     return response
-                failure = f"HTTP {response.status_code}"
+                failure = self._failure(response)
                 if not should_retry(response.status_code):
                     self.breaker.record(None)           # the endpoint is up; the request is wrong
-                    raise EndpointError(f"expected HTTP 200 from {shown(url)}, got {failure}: "
-                                        f"{self._excerpt(response)}")
-            self.breaker.record(failure)
-            if retry == self.retries:          # the endpoint is down, not the request wrong: exit code 3
-                raise EndpointUnavailable(f"expected an answer from {shown(url)}, got {failure} on all "
-                                          f"{self.retries + 1} attempts")
+                    raise ContractError(f"expected HTTP 200 from {shown(url)}, got {failure.text}")
+            failures.append(failure)
+            self.breaker.record(failure.text)
+            if retry == self.retries:
+                raise self._gave_up(shown(url), failures)
             with self._lock:
                 delay = retry_delay(None if response is None else response.headers, retry,
                                     cap=self.retry_after_cap, rng=self._rng)
@@ -244,6 +274,28 @@ class Transport:
         if elsewhere:
             return "is on another origin, where a key is never sent"
         return path_problem((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+
+    def _failure(self, response: requests.Response) -> Failure:
+        return Failure(f"HTTP {response.status_code}: {self._excerpt(response)}", response.status_code,
+                       response.content, says_later(response.status_code, response.headers))
+
+    def _gave_up(self, url: str, failures: list[Failure]) -> EndpointError:
+        """What a call whose every attempt failed raises. The same error answer to each of two
+        or more attempts, before the endpoint ever answered a query, is the request refused (a
+        wrong input shape, say): resending it cannot help. Once the endpoint has answered queries
+        built the same way, or when the answers differ or say "later", or when there was one
+        attempt only (no retries), the endpoint is taken to be down (exit code 3)."""
+        first, attempts = failures[0], len(failures)
+        same = all(failure == first for failure in failures)
+        refused = first.status is not None and not first.later and attempts > 1
+        if same and refused and not self._answered:
+            return ContractError(f"expected HTTP 200 from {url}, got the same error answer to all {attempts} "
+                                 f"attempts, so the request itself is refused: {first.text}")
+        if same:
+            return EndpointUnavailable(f"expected an answer from {url}, got the same failure on all {attempts} "
+                                       f"attempts: {first.text}")
+        return EndpointUnavailable(f"expected an answer from {url}, got a failure on all {attempts} attempts "
+                                   f"({_first_last(first.text, failures[-1].text)})")
 
     def _describe(self, error: Exception) -> str:
         kind = "timeout" if isinstance(error, requests.Timeout) else "connection error"
