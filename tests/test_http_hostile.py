@@ -1,7 +1,7 @@
 """The http plugin against options and servers that would turn it against its user: path
-options that would carry the key to another origin, and a server that refuses a request the same
-way every time (a contract error, not an outage). Every server here is real and binds 127.0.0.1
-only."""
+options that would carry the key to another origin, a server that refuses a request the same
+way every time (a contract error, not an outage), and a certificate that does not verify on the
+free health check. Every server here is real and binds 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ from bbreprog_http.transport import Transport
 from blackbox_reprog.backend import BackendUnavailable
 from blackbox_reprog.errors import Refusal
 from blackbox_reprog.ledger import Ledger
-from tests.http_support import Reply, ScriptedServer, v2_one_hot
+from tests.http_support import LocalCA, Reply, ScriptedServer, v2_one_hot
 
 KEY_ENV = "BBREPROG_TEST_HOSTILE_KEY"
 CANARY = "sk-CANARY-hostile-9e1f0c3b7a52d4"
@@ -251,3 +251,31 @@ def test_the_cli_ends_a_run_whose_probe_breaks_the_contract_with_exit_code_2(tmp
     records = [json.loads(line) for line in (tmp_path / "runs" / "contract" / "journal.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["intent", "retry", "retry", "failed"]   # every attempt booked
     assert records[-1]["error"] == "ContractError"
+
+
+# ---- 3. a certificate that does not verify says so on the health check too -----------------------
+@pytest.fixture(scope="module")
+def local_ca(tmp_path_factory) -> LocalCA:
+    return LocalCA(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize("protocol, path", [("v2", "/v2/models/m/ready"), ("template", "/healthz")])
+def test_an_unverified_certificate_on_the_health_check_is_the_tls_sentence(protocol, path, local_ca, canary):
+    with ScriptedServer(tls=local_ca) as server:
+        with pytest.raises(Refusal) as refused:
+            HttpBackend.from_config(server.url, **settings(server.url, protocol)).close()
+        assert server.requests == []
+    message = one_sentence(refused.value)
+    assert message == (f"expected a TLS certificate for GET {server.url}{path} that verifies, got one that does "
+                       "not (name a private CA with backend.options.ca_bundle)")
+
+
+def test_the_health_check_and_a_query_say_the_same_about_a_certificate(local_ca, canary):
+    with ScriptedServer([Reply(body={"scores": [[1, 0, 0]]})], tls=local_ca) as server:
+        template = settings(server.url, "template", health_path="")
+        with closing(HttpBackend.from_config(server.url, **template)) as remote, \
+                pytest.raises(EndpointError) as caught:
+            remote.query(np.zeros((1, 2), np.float32))
+        assert server.requests == []
+    assert one_sentence(caught.value) == (f"expected a TLS certificate for POST {server.url}/predict that verifies, "
+                                          "got one that does not (name a private CA with backend.options.ca_bundle)")

@@ -182,9 +182,6 @@ class Transport:
             response = None
             try:
                 response = self._send("POST", url, body, on_attempt, headers)
-            except requests.exceptions.SSLError:
-                raise EndpointError(f"expected a TLS certificate for {shown(url)} that verifies, got one that "
-                                    "does not (name a private CA with backend.options.ca_bundle)") from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as error:   # a body cut mid-way is a lost connection
                 failure = Failure(self._describe(error))
@@ -237,8 +234,12 @@ class Transport:
             self._check_target(url, came_from)
             if came_from and on_attempt:       # the body is sent again: book it like a retry
                 on_attempt(True)
-            response = self._session().request(method, url, data=body, headers=headers, timeout=self.timeout,
-                                               allow_redirects=False, verify=self.verify)
+            try:
+                response = self._session().request(method, url, data=body, headers=headers, timeout=self.timeout,
+                                                   allow_redirects=False, verify=self.verify)
+            except requests.exceptions.SSLError:     # the health GET and the queries say the same
+                raise EndpointError(f"expected a TLS certificate for {method} {shown(url)} that verifies, got one "
+                                    "that does not (name a private CA with backend.options.ca_bundle)") from None
             if not response.is_redirect:
                 return response
             if response.status_code not in METHOD_KEEPING_REDIRECTS and method != "GET":
