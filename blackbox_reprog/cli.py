@@ -1,8 +1,9 @@
 """The ``bbreprog`` command line.
 
-Exit codes: 0 success; 1 the run failed while running; 2 bad input (config, data, backend,
-budget, usage) — refused before any query was spent; 3 the model stopped answering (a remote
-endpoint's circuit breaker opened) — a checkpoint was written, try again later.
+Exit codes: 0 success; 1 the run failed while running, or a bug (with its traceback); 2 bad
+input (config, data, backend, budget, usage) — refused before any query was
+spent; 3 the model stopped answering (a remote endpoint's circuit breaker opened) — a
+checkpoint was written, try again later.
 """
 from __future__ import annotations
 
@@ -247,7 +248,8 @@ def predict(run_dir, inputs, output):
         _fail(str(error))
     except BackendUnavailable as error:
         _fail(f"the model is unavailable: {error}; try again later", code=3)
-    except Exception as error:               # failed while predicting: say so in one sentence
+    except Exception as error:               # failed while predicting: the traceback is for a bug report
+        traceback.print_exc()
         _fail(f"the prediction stopped: {type(error).__name__}: {error}", code=1)
     finally:
         program.backend.close()
@@ -298,7 +300,8 @@ def export(run_dir, output):
         sidecar = export_run(run_dir, output)
     except Refusal as error:
         _fail(str(error))
-    except Exception as error:               # failed while exporting: say so in one sentence
+    except Exception as error:               # failed while exporting: the traceback is for a bug report
+        traceback.print_exc()
         first_line = (str(error).splitlines() or [""])[0]     # torch's exporter explains over many lines
         _fail(f"the export stopped: {type(error).__name__}: {first_line}", code=1)
     shape = ", ".join(map(str, sidecar["input"]["shape"]))
