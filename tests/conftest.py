@@ -1,7 +1,24 @@
-"""Fixtures shared by test modules."""
-import pytest
+"""Fixtures shared by test modules, and one thread per library.
 
-from tests.mlserver_support import run_mlserver
+This machine has two cores. torch and onnxruntime each size their thread pools to every core,
+and a test process, the servers it starts and the CLI processes it runs share those cores:
+the pools oversubscribe them (test_trainer.py took 259 s with default threads and 22 s with
+one, side by side). Tests pin both to one thread before anything imports them; processes the
+tests start inherit OMP_NUM_THREADS, which the onnx plugin and torch both read. A value the
+caller set is kept.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ["OMP_NUM_THREADS"].isdigit():
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from tests.mlserver_support import run_mlserver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
