@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fast subset (under 3 minutes here): every module, without the tests marked slow (full
+# runs, the smoke suite, the kill test, the docs' long pages). CI runs `make test`.
+check: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -18,7 +18,32 @@ import torch  # noqa: E402
 if os.environ["OMP_NUM_THREADS"].isdigit():
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from pathlib import Path  # noqa: E402
+
 from tests.mlserver_support import run_mlserver  # noqa: E402
+
+SMOKE = Path(__file__).parents[1] / "benchmarks" / "suites" / "smoke.toml"
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the smoke suite (minutes) is slow: `make check` leaves it out."""
+    for item in items:
+        if "smoke_suite" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def smoke_suite(tmp_path_factory) -> tuple[Path, str]:
+    """The smoke suite, run once a session from the CLI: tests/test_bench.py reads its folder,
+    and docs/benchmarks.md's example resumes a copy of it (every cell finished: nothing runs
+    twice). Returns the folder and what the command printed."""
+    from click.testing import CliRunner
+
+    from blackbox_reprog.cli import main
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    result = CliRunner().invoke(main, ["bench", str(SMOKE), "--out", str(out), "--jobs", "2", "--quiet"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result.output
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,9 @@ def bench(*args):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "smoke"
-    result = bench(SMOKE, "--out", out, "--jobs", 2)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return out, result.output, json.loads((out / "results.json").read_text())
+def smoke(smoke_suite):
+    out, output = smoke_suite
+    return out, output, json.loads((out / "results.json").read_text())
 
 
 def test_the_smoke_suite_writes_its_table_json_and_plot(smoke):
@@ -191,6 +189,7 @@ def journalled_suite(folder: Path) -> Path:
     return suite
 
 
+@pytest.mark.slow
 def test_a_journalled_cell_cut_short_resumes_from_its_journal(tmp_path):
     suite, out = journalled_suite(tmp_path), tmp_path / "out"
     result = bench(suite, "--out", out, "--pairs", "ItalyPowerDemand", "--methods", "zo-random", "--executor", "serial")
@@ -207,6 +206,7 @@ def test_a_journalled_cell_cut_short_resumes_from_its_journal(tmp_path):
     assert again["test_accuracy"] == first["test_accuracy"] and again["queries"] == first["queries"]
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_others_still_run(tmp_path):
     suite, out = journalled_suite(tmp_path), tmp_path / "out"
     cell = out / "cells" / "ItalyPowerDemand" / "zo-random" / "1500-s0"

@@ -310,10 +310,17 @@ def _run_blocks(page: str, shell: Shell) -> Summary:
     return summary
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_doc_examples_run(page, tmp_path, monkeypatch, capsys):
+#: pages whose examples take minutes (full runs, servers): `make check` leaves them out
+SLOW_PAGES = {"getting-started.md", "troubleshooting.md", "cli.md", "remote.md", "benchmarks.md"}
+
+
+@pytest.mark.parametrize("page", [pytest.param(page, marks=pytest.mark.slow) if page in SLOW_PAGES else page
+                                  for page in PAGES])
+def test_doc_examples_run(page, tmp_path, monkeypatch, capsys, request):
     monkeypatch.chdir(tmp_path)                  # python blocks write where the shell commands do
     monkeypatch.syspath_prepend(str(tmp_path))   # modules written by <!-- file: x.py --> import
+    if page == "benchmarks.md":                  # its smoke suite resumes the session's: run once
+        monkeypatch.setenv("BBREPROG_SMOKE_RESULTS", str(request.getfixturevalue("smoke_suite")[0]))
     summary = run_page(page, tmp_path)
     with capsys.disabled():
         print("\n" + summary.text(page))

@@ -15,6 +15,8 @@ from blackbox_reprog.registry import create_backend
 from blackbox_reprog.runner import run
 from blackbox_reprog.serve import ModelServer
 
+pytestmark = pytest.mark.slow           # full runs over HTTP, minutes in all
+
 BASE = {"budget": 6000, "seed": 0,
         "backend": {"name": "onnx", "model": "crepe-tiny"},
         "data": {"name": "ItalyPowerDemand", "validation_fraction": 0.25},

@@ -63,6 +63,7 @@ def interrupted_copy(finished, folder, journal: bytes):
 
 
 # ---- a torn tail at every byte ------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_from_a_journal_cut_at_every_byte_of_its_last_record_rebuys_nothing(finished, tmp_path, monkeypatch):
     """The full resume, in process, at EVERY offset of the last record (a result), from
     before its first byte to after its newline: each re-buys nothing, reaches the same θ, and

@@ -10,6 +10,8 @@ import torch
 from tests.kill_support import journal_check, kill_and_resume, result, signal_server, theta, \
     train_uninterrupted, write_config
 
+pytestmark = pytest.mark.slow           # full runs over HTTP, minutes in all
+
 KILLS = 6
 
 

@@ -2,7 +2,10 @@
 import re
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     text = (Path(__file__).parents[1] / "README.md").read_text()
     example = re.findall(r"```python\n(.*?)```", text, re.S)[0]

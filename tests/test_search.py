@@ -32,6 +32,7 @@ def test_spend_is_refused_over_budget_like_a_query():
     ("DiagonalCMA", 0, 20, 0.1, 48_000),       # 32 control points searched directly
     ("CMA", 8, 10, 0.2, 24_000),               # BBT: full CMA in an 8-dim random subspace of them
 ])
+@pytest.mark.slow
 def test_evolution_trains_the_demo_pair_and_stops_within_the_budget(optimizer, subspace, popsize, sigma, budget):
     config = demo(**{"train.method": "evolution", "evolution.optimizer": optimizer, "evolution.popsize": popsize,
                      "evolution.sigma": sigma, "transform.subspace": subspace, "budget": budget,
@@ -42,6 +43,7 @@ def test_evolution_trains_the_demo_pair_and_stops_within_the_budget(optimizer, s
     assert result.test_accuracy > result.start_accuracy + 0.03, (result.test_accuracy, result.start_accuracy)
 
 
+@pytest.mark.slow
 def test_evolution_is_reproducible_with_a_seed():
     config = demo(**{"train.method": "evolution", "evolution.popsize": 6, "budget": 4000, "transform.grid": 16})
     a, b = build(config).trainer.fit(), build(config).trainer.fit()
@@ -103,6 +105,7 @@ def test_whitebox_needs_a_backend_with_gradients():
         build(config)
 
 
+@pytest.mark.slow
 def test_whitebox_counts_one_query_per_example_and_matches_onnx_answers():
     config = demo(**{"train.method": "whitebox", "budget": 2000, "train.max_steps": 5})
     components = build(config)
@@ -116,6 +119,7 @@ def test_whitebox_counts_one_query_per_example_and_matches_onnx_answers():
     assert np.abs(torch_scores - onnx_scores).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_whitebox_steps_in_chunks_move_theta_as_one_batch_does():
     """A batch of 51 through the torch model in calls of 7 (8 chunks, the last of 2): the chunk
     gradients add up to the whole batch's, so θ ends where one call of 256 takes it."""
@@ -130,6 +134,7 @@ def test_whitebox_steps_in_chunks_move_theta_as_one_batch_does():
     torch.testing.assert_close(thetas[0], thetas[1], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_path):
     config = demo(**{"budget": 30_000, "train.compare_with": "whitebox", "out": f'"{tmp_path}"', "name": "cmp"})
     run_dir, summary = run(config)
@@ -140,6 +145,7 @@ def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_pat
     assert (run_dir / "compare-whitebox" / "result.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_its_comparison_resumes_it(tmp_path):
     """Killed while the whitebox comparison ran: the run folder holds the main run's
     checkpoint and a comparison folder without its result. The resume replays both."""
