@@ -54,8 +54,8 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
-            raise DataError(f"Expected one label per input in {self.name!r}, but found "
-                            f"{len(self.x)} inputs and {len(self.y)} labels.")
+            raise DataError(f"expected one label per input in {self.name!r}, got "
+                            f"{len(self.x)} inputs and {len(self.y)} labels")
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +88,8 @@ def load(name_or_path: str) -> tuple[Dataset, Dataset | None]:
     try:
         name, (train, test) = _read(str(name_or_path))
     except OSError as exc:  # permissions, a folder where a file should be, ...
-        raise DataError(f"Expected a readable dataset at {str(name_or_path)!r}, but reading failed ({exc}).") from None
+        raise DataError(f"expected a readable dataset at {str(name_or_path)!r}, got one that fails to read "
+                        f"({exc})") from None
     return _build(name, train, test)
 
 
@@ -97,7 +98,7 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
     """Seeded stratified splits: validation from train only; `test_fraction` only if there is no test."""
     for label, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction < 1:
-            raise Refusal(f"Expected {label} strictly between 0 and 1, but got {fraction}.")
+            raise Refusal(f"expected {label} strictly between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     train, test = load(name_or_path)
     official = test is not None
@@ -105,9 +106,9 @@ def make_splits(name_or_path: str, *, validation_fraction: float = 0.2,
         train, test = _stratified_split(train, test_fraction, rng)
     train, validation = _stratified_split(train, validation_fraction, rng)
     if not (len(train) and len(validation) and len(test)):   # a class needs 2 examples to be split
-        raise DataError(f"Expected train, validation and test splits of at least one example each from "
-                        f"{train.name!r}, but got {len(train)}, {len(validation)} and {len(test)}; give some "
-                        f"class at least {2 if official else 3} examples.")
+        raise DataError(f"expected train, validation and test splits of at least one example each from "
+                        f"{train.name!r}, got {len(train)}, {len(validation)} and {len(test)}; give some "
+                        f"class at least {2 if official else 3} examples")
     return Splits(train, validation, test)
 
 
@@ -203,13 +204,13 @@ def _read(name_or_path: str) -> tuple[str, RawPair]:
         name, reader = registry[key]
         return name, reader()
     if path.suffix or os.sep in name_or_path:
-        raise DataError(f"Expected a dataset file or folder at {str(path)!r}, but nothing exists there.")
+        raise DataError(f"expected a dataset file or folder at {str(path)!r}, got nothing there")
     # names containing the query ('italy') first, then look-alikes ('gunpont')
     close = [k for k in registry if key in k][:3] or difflib.get_close_matches(key, list(registry), n=3, cutoff=0.6)
     close = [registry[k][0] for k in close]
     hint = f" (close matches: {', '.join(close)})" if close else ""
-    raise DataError(f"Expected a built-in dataset name or an existing path, but {name_or_path!r} is "
-                    f"neither{hint}; call builtin_names() to see all {len(registry)} names.")
+    raise DataError(f"expected a built-in dataset name or an existing path, got {name_or_path!r}, which is "
+                    f"neither{hint}; call builtin_names() to see all {len(registry)} names")
 
 
 def _read_file(path: Path) -> tuple[str, RawPair]:
@@ -217,7 +218,7 @@ def _read_file(path: Path) -> tuple[str, RawPair]:
     if suffix == ".npz":
         return path.stem, _read_npz(path)
     if suffix not in (".ts", ".txt"):
-        raise DataError(f"Expected a .npz, .ts or .txt file or an image folder, but got {path.name!r}.")
+        raise DataError(f"expected a .npz, .ts or .txt file or an image folder, got {path.name!r}")
     stem = path.stem
     return (stem[:-6] if stem.upper().endswith("_TRAIN") else stem), _read_ucr(path)
 
@@ -279,10 +280,10 @@ def _read_ts(path: Path) -> Raw:
     lines = regular_file(path).read_text(encoding="utf-8", errors="replace").splitlines()
     header, consumed = _ts_header(lines)
     if "data" not in header:
-        raise DataError(f"Expected an @data line in {path.name}, but found none.")
+        raise DataError(f"expected an @data line in {path.name}, got none")
     reason = _ts_refusal(header)
     if reason:
-        raise DataError(f"Expected a univariate, equal-length classification .ts file, but {path.name} {reason}.")
+        raise DataError(f"expected a univariate, equal-length classification .ts file, got {path.name}, which {reason}")
     values, labels = [], []
     for number, line in enumerate(lines[consumed:], start=consumed + 1):
         line = line.strip()
@@ -290,13 +291,13 @@ def _read_ts(path: Path) -> Raw:
             continue
         parts = line.split(":")
         if len(parts) != 2:
-            raise DataError(f"Expected 'values:label' on line {number} of {path.name}, but found "
-                            f"{len(parts) - 1} ':' separators (multivariate data is not supported).")
+            raise DataError(f"expected 'values:label' on line {number} of {path.name}, got "
+                            f"{len(parts) - 1} ':' separators (multivariate data is not supported)")
         values.append(_parse_series(parts[0], f"line {number} of {path.name}"))
         labels.append(parts[1].strip())
     lengths = sorted({len(v) for v in values})
     if len(lengths) > 1:
-        raise DataError(f"Expected equal-length series in {path.name}, but found lengths {lengths[0]} to {lengths[-1]}.")
+        raise DataError(f"expected equal-length series in {path.name}, got lengths {lengths[0]} to {lengths[-1]}")
     return (np.stack(values) if values else np.empty((0, 0))), labels
 
 
@@ -340,9 +341,9 @@ def _parse_series(text: str, where: str) -> np.ndarray:
     try:
         values = np.array(["nan" if m else t for t, m in zip(tokens, missing)], dtype=np.float64)
     except ValueError:
-        raise DataError(f"Expected comma-separated numbers on {where}, but found {text[:40]!r}.") from None
+        raise DataError(f"expected comma-separated numbers on {where}, got {text[:40]!r}") from None
     if missing.all():
-        raise DataError(f"Expected at least one observed value on {where}, but every value is missing ('?').")
+        raise DataError(f"expected at least one observed value on {where}, got only missing values ('?')")
     if missing.any():
         known = np.flatnonzero(~missing)
         values[missing] = np.interp(np.flatnonzero(missing), known, values[known])
@@ -358,8 +359,8 @@ def _read_ucr_txt(path: Path) -> Raw:
             warnings.simplefilter("ignore")
             table = np.loadtxt(path, ndmin=2, delimiter=delimiter)
     except ValueError as exc:
-        raise DataError(f"Expected rows of numbers (label first) in {path.name}, but "
-                        f"parsing failed: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"expected rows of numbers (label first) in {path.name}, got one that fails to parse "
+                        f"({str(exc).splitlines()[0].rstrip('.')})") from None
     return table[:, 1:], [str(v) for v in table[:, 0]]
 
 
@@ -388,12 +389,12 @@ def _read_idx_folder(folder: Path, train_size: int = 0, test_size: int = 0) -> R
                 halves.append(None)                 # no test half: one is split off later
                 continue
             found = "neither" if images_path is labels_path is None else "only one of them"
-            raise DataError(f"Expected {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (or .gz) "
-                            f"in {folder}, but found {found}.")
+            raise DataError(f"expected {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (or .gz) "
+                            f"in {folder}, got {found}")
         images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
         if len(images) != len(labels):
-            raise DataError(f"Expected as many labels as images in {folder} ({prefix}), but found "
-                            f"{len(labels)} labels for {len(images)} images.")
+            raise DataError(f"expected as many labels as images in {folder} ({prefix}), got "
+                            f"{len(labels)} labels for {len(images)} images")
         if size:
             images, labels = images[:size], labels[:size]
         halves.append((images[:, None].astype(np.float32) / np.float32(255), [str(v) for v in labels.tolist()]))
@@ -407,15 +408,15 @@ def _read_idx(path: Path, dims: int) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as exc:    # zlib.error: a damaged .gz body
-        raise DataError(f"Expected a readable IDX file at {path.name}, but reading failed ({exc}).") from None
+        raise DataError(f"expected a readable IDX file at {path.name}, got one that fails to read ({exc})") from None
     header = 4 + 4 * dims
     if len(raw) < header or raw[:3] != b"\0\0\x08" or raw[3] != dims:
-        raise DataError(f"Expected an IDX file of unsigned bytes with {dims} dimension(s) at {path.name}, but "
-                        f"its header is {raw[:4].hex() or 'missing'}.")
+        raise DataError(f"expected an IDX file of unsigned bytes with {dims} dimension(s) at {path.name}, got one "
+                        f"whose header is {raw[:4].hex() or 'missing'}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
     if len(raw) - header != int(np.prod(shape)):
-        raise DataError(f"Expected {int(np.prod(shape))} bytes of data for shape {shape} in {path.name}, but "
-                        f"found {len(raw) - header}.")
+        raise DataError(f"expected {int(np.prod(shape))} bytes of data for shape {shape} in {path.name}, got "
+                        f"{len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -426,13 +427,14 @@ def _read_npz(path: Path) -> RawPair:
             keys = next((k for k in (("x_train", "y_train", "x_test", "y_test"), ("x", "y"))
                          if set(k) <= set(archive.files)), None)
             if keys is None:
-                raise DataError(f"Expected keys x, y or x_train, y_train, x_test, y_test in {path.name}, "
-                                f"but found {sorted(archive.files)}.")
+                raise DataError(f"expected keys x, y or x_train, y_train, x_test, y_test in {path.name}, "
+                                f"got {sorted(archive.files)}")
             arrays = [archive[key] for key in keys]         # only these: other members are never read
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"Expected a readable .npz archive at {path.name}, but loading failed ({exc}).") from None
+        raise DataError(f"expected a readable .npz archive at {path.name}, got one that fails to load "
+                        f"({exc})") from None
     if len(arrays) == 4:
         return _npz_part(arrays[0], arrays[1], path), _npz_part(arrays[2], arrays[3], path)
     return _npz_part(arrays[0], arrays[1], path), None
@@ -442,15 +444,15 @@ def _npz_part(x: np.ndarray, y: np.ndarray, path: Path) -> Raw:
     # real numbers only: a complex x would lose its imaginary part in the float32 cast
     real = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool
     if x.ndim not in (2, 4) or not real:
-        raise DataError(f"Expected numeric x of shape (N, L) or (N, C, H, W) in {path.name}, "
-                        f"but found {x.dtype} of shape {x.shape}.")
+        raise DataError(f"expected numeric x of shape (N, L) or (N, C, H, W) in {path.name}, "
+                        f"got {x.dtype} of shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"Expected y of shape ({len(x)},) to match x in {path.name}, but found shape {y.shape}.")
+        raise DataError(f"expected y of shape ({len(x)},) to match x in {path.name}, got shape {y.shape}")
     if x.ndim == 4 and x.dtype == np.uint8:
         x = x / 255.0  # 8-bit pixels; float images must already be in [0, 1]
     elif x.ndim == 4 and x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1):
-        raise DataError(f"Expected image values in [0, 1] (or uint8) in {path.name}, but found "
-                        f"values from {np.nanmin(x):g} to {np.nanmax(x):g}.")
+        raise DataError(f"expected image values in [0, 1] (or uint8) in {path.name}, got "
+                        f"values from {np.nanmin(x):g} to {np.nanmax(x):g}")
     return x, [str(v) for v in y.tolist()]
 
 
@@ -458,13 +460,13 @@ def _read_image_folder(root: Path) -> Raw:
     """root/<class>/*.png|jpg, all the first image's size; gray stays 1 channel unless any is colour."""
     files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        raise DataError(f"Expected images in class folders like {root.name}/<class>/*.png, but found none.")
+        raise DataError(f"expected images in class folders like {root.name}/<class>/*.png, got none")
     pixels = [_load_image(p) for p in files]
     (height, width), first = pixels[0].shape[:2], files[0].relative_to(root)
     for path, image in zip(files, pixels):
         if image.shape[:2] != (height, width):
-            raise DataError(f"Expected every image to be {width}x{height} like {first}, but "
-                            f"{path.relative_to(root)} is {image.shape[1]}x{image.shape[0]}.")
+            raise DataError(f"expected every image to be {width}x{height} like {first}, got "
+                            f"{path.relative_to(root)}, which is {image.shape[1]}x{image.shape[0]}")
     if any(image.ndim == 3 for image in pixels):
         pixels = [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in pixels]
         x = np.stack(pixels).transpose(0, 3, 1, 2)
@@ -478,7 +480,7 @@ def _load_image(path: Path) -> np.ndarray:
         with open_image(path) as image:
             return np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"), dtype=np.float32)
     except OSError as exc:
-        raise DataError(f"Expected a readable image at {path}, but opening it failed ({exc}).") from None
+        raise DataError(f"expected a readable image at {path}, got one that fails to open ({exc})") from None
 
 
 # --------------------------------------------------------------------------- labels, checks, splits
@@ -487,11 +489,11 @@ def _build(name: str, train: Raw, test: Raw | None) -> tuple[Dataset, Dataset | 
     x_train = _checked_inputs(train[0], f"the training set of {name!r}")
     x_test = _checked_inputs(test[0], f"the test set of {name!r}") if test else None
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
-        raise DataError(f"Expected test inputs of shape {x_train.shape[1:]} like the training set of "
-                        f"{name!r}, but found {x_test.shape[1:]}.")
+        raise DataError(f"expected test inputs of shape {x_train.shape[1:]} like the training set of "
+                        f"{name!r}, got {x_test.shape[1:]}")
     classes, y_train, y_test = _encode_labels(train[1], test[1] if test else None, name)
     if len(classes) < 2:
-        raise DataError(f"Expected at least two classes in {name!r}, but found only {list(classes)}.")
+        raise DataError(f"expected at least two classes in {name!r}, got only {list(classes)}")
     return Dataset(x_train, y_train, classes, name), (Dataset(x_test, y_test, classes, name) if test else None)
 
 
@@ -506,7 +508,7 @@ def _encode_labels(train: list[str], test: list[str] | None, name: str):
     test, _ = _canonical_labels(test, f"the test set of {name!r}")
     unseen = sorted(set(test) - index.keys())
     if unseen:
-        raise DataError(f"Expected every test label to occur in the training set, but found unseen labels {unseen[:5]}.")
+        raise DataError(f"expected every test label to occur in the training set, got unseen labels {unseen[:5]}")
     return classes, y_train, np.array([index[label] for label in test], dtype=np.int64)
 
 
@@ -526,11 +528,11 @@ def _canonical_labels(labels: list[str], where: str) -> tuple[list[str], bool]:
 
 def _checked_inputs(x: np.ndarray, where: str) -> np.ndarray:
     if len(x) == 0 or x.size == 0:
-        raise DataError(f"Expected at least one non-empty example in {where}, but found shape {x.shape}.")
+        raise DataError(f"expected at least one non-empty example in {where}, got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)  # after the cast, so float64 overflow counts as inf
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
-        raise DataError(f"Expected only finite values in {where}, but found {bad} NaN or infinite values.")
+        raise DataError(f"expected only finite values in {where}, got {bad} NaN or infinite values")
     return x
 
 

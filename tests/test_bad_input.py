@@ -120,24 +120,24 @@ TRAIN = {
         "expected targets with 1 or 3 channels, got 2"),
     "complex series": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "c.npz", x=RNG.normal(size=(40, 16)) + 1j, y=np.arange(40) % 2)},
-        "Expected numeric x of shape (N, L) or (N, C, H, W) in c.npz, but found complex128 of shape (40, 16)."),
+        "expected numeric x of shape (N, L) or (N, C, H, W) in c.npz, got complex128 of shape (40, 16)"),
     "text series": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "s.npz", x=np.full((40, 16), "a"), y=np.arange(40) % 2)},
-        "Expected numeric x of shape (N, L) or (N, C, H, W) in s.npz, but found <U1 of shape (40, 16)."),
+        "expected numeric x of shape (N, L) or (N, C, H, W) in s.npz, got <U1 of shape (40, 16)"),
     "an empty dataset": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "e.npz", x=np.zeros((0, 16)), y=np.zeros(0))},
-        "Expected at least one non-empty example in the training set of 'e', but found shape (0, 16)."),
+        "expected at least one non-empty example in the training set of 'e', got shape (0, 16)"),
     "a single-class dataset": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "one.npz", x=RNG.normal(size=(40, 16)), y=np.zeros(40))},
-        "Expected at least two classes in 'one', but found only ['0']."),
+        "expected at least two classes in 'one', got only ['0']"),
     "one example per class: nothing to validate or test on": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "tiny.npz", x=RNG.normal(size=(2, 16)), y=np.array([0, 1]))},
-        "Expected train, validation and test splits of at least one example each from 'tiny', but got 2, 0 and 0; "
-        "give some class at least 3 examples."),
+        "expected train, validation and test splits of at least one example each from 'tiny', got 2, 0 and 0; "
+        "give some class at least 3 examples"),
     "two examples per class: nothing to validate on": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "four.npz", x=RNG.normal(size=(4, 16)), y=np.array([0, 1, 0, 1]))},
-        "Expected train, validation and test splits of at least one example each from 'four', but got 2, 0 and 2; "
-        "give some class at least 3 examples."),
+        "expected train, validation and test splits of at least one example each from 'four', got 2, 0 and 2; "
+        "give some class at least 3 examples"),
     # ---- labels the map cannot cover
     "more target classes than the model has": Case(
         lambda d: {**CALLABLE, "data.name": npz(d, "forty.npz", x=RNG.normal(size=(120, 16)), y=np.arange(120) % 40),

@@ -153,7 +153,7 @@ def test_an_npz_whose_header_claims_terabytes_is_refused_by_train(tmp_path, case
 def test_an_npz_member_that_is_not_an_array_is_refused(tmp_path):
     """A member that is not an .npy array was handed over as bytes (AttributeError, a traceback)."""
     path = npz(tmp_path / "odd.npz", {"x": b"hello", "y.npy": SMALL_Y})
-    with pytest.raises(DataError, match=r"Expected a readable .npz archive at odd.npz, but loading failed"):
+    with pytest.raises(DataError, match=r"expected a readable .npz archive at odd.npz, got one that fails to load"):
         load(str(path))
 
 

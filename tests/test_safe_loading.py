@@ -374,8 +374,8 @@ def test_a_dataset_npz_holding_a_pickled_object_is_refused(tmp_path, marker):
     out = tmp_path / "runs"
     result = invoke("demo", "--quiet", "--out", out, *[a for o in CALLABLE for a in ("--set", o)],
                     "--set", f"data.name={data}")
-    refused_by_cli(result, "Expected a readable .npz archive at evil.npz, but loading failed (Object arrays "
-                           "cannot be loaded when allow_pickle=False).", marker)
+    refused_by_cli(result, "expected a readable .npz archive at evil.npz, got one that fails to load (Object arrays "
+                           "cannot be loaded when allow_pickle=False)", marker)
     assert not out.exists()
 
 
