@@ -2,7 +2,13 @@
 
 A backend declares what it accepts (``InputSpec``) and what it answers (``OutputKind``),
 and answers a batch of inputs with a ``Prediction``. Everything else in the toolkit
-(ledger, label maps, losses, trainer) works from those three things alone.
+(ledger, label maps, losses, trainer) works from those three things alone, and from what the
+backend can do beyond answering (``Capabilities``), declared in one frozen value.
+
+Three bases, one for each way of answering a call: ``Backend`` (override ``_predict``, one call
+of a local model), ``RemoteBackend`` (override ``_request``, one call of a paid service; the base
+chunks, sends concurrently and passes idempotency keys) and ``DifferentiableBackend`` (also
+``forward_tensor``, the gradients of the white-box path).
 """
 from __future__ import annotations
 
@@ -10,12 +16,17 @@ import importlib
 import math
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 
 from .errors import Refusal
+
+if TYPE_CHECKING:                     # torch is the torch plugin's; core never imports it here
+    import torch
 
 OutputKind = Literal["logits", "probs", "topk", "label"]
 OUTPUT_KINDS: tuple[str, ...] = ("logits", "probs", "topk", "label")
@@ -56,6 +67,39 @@ class InputSpec:
         if x.min() < low or x.max() > high:
             raise InputError(
                 f"expected values in [{low}, {high}], got [{x.min():.4g}, {x.max():.4g}]")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond answering queries, in one frozen value that the toolkit
+    reads (it never looks for optional attributes). A class declares its own as a class
+    attribute, ``capabilities = Capabilities(remote=True, probe_examples=1)``; an instance whose
+    options change one sets ``self.capabilities = dataclasses.replace(self.capabilities, ...)``.
+    The defaults describe a local model: free, one call at a time, no gradients."""
+
+    #: answers cost money and may fail in flight: runs journal them by default (train.journal = "auto")
+    remote: bool = False
+    #: examples of a first paid call that checks the whole answer contract before the bulk of the
+    #: budget is spent (booked as ``probe``); 0: no probe
+    probe_examples: int = 0
+    #: calls the journal may have in flight at once (then ``query`` must be thread-safe)
+    concurrency: int = 1
+    #: the service bills a call resent under the same ``key`` once, so a resume does not book the
+    #: calls a killed process left in flight
+    honours_idempotency: bool = False
+    #: a ``DifferentiableBackend``: ``forward_tensor`` gives gradients (train.method = "whitebox")
+    differentiable: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.concurrency, int) and self.concurrency >= 1):
+            raise Refusal(f"expected capabilities.concurrency of at least 1, got {self.concurrency!r}")
+        if not (isinstance(self.probe_examples, int) and self.probe_examples >= 0):
+            raise Refusal(f"expected capabilities.probe_examples of at least 0, got {self.probe_examples!r}")
+
+
+#: attributes that were read one by one before ``Capabilities``: a class that still sets one
+#: would be silently ignored (a paid API not journaled), so it is refused when it is defined
+_BEFORE_CAPABILITIES = ("remote", "probe_examples", "concurrency", "honours_idempotency")
 
 
 @dataclass(frozen=True)
@@ -121,7 +165,8 @@ class Backend:
     """A model that can be queried. Subclasses set the attributes and implement ``_predict``.
 
     ``query`` checks the batch against the spec before anything is sent, splits it into
-    calls of at most ``max_batch`` examples, and checks every answer.
+    calls of at most ``max_batch`` examples (``split``), and checks every answer
+    (``check_answer``).
     """
 
     name: str = "backend"
@@ -131,10 +176,15 @@ class Backend:
     max_batch: int = 256
     #: identifies the model for answer caching (e.g. a file checksum or an endpoint URL)
     model_id: str = ""
-    #: answers cost money and may fail in flight: runs journal them by default (train.journal = "auto")
-    remote: bool = False
-    #: the endpoint bills a call resent under the same ``key`` once (so a resume need not book it again)
-    honours_idempotency: bool = False
+    #: what the backend can do beyond answering (a local model's defaults: see ``Capabilities``)
+    capabilities: Capabilities = Capabilities()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        stale = [name for name in _BEFORE_CAPABILITIES if name in vars(cls)]
+        if stale:
+            raise TypeError(f"expected {cls.__name__} to declare {', '.join(stale)} in its capabilities "
+                            f"(capabilities = Capabilities({stale[0]}=...)), got class attributes")
 
     def _predict(self, x: np.ndarray) -> Prediction:          # (b, *shape) -> Prediction
         raise NotImplementedError
@@ -146,18 +196,26 @@ class Backend:
         ``key`` names a single call for APIs that honour idempotency keys (local models ignore it)."""
         self.input_spec.check(x)
         parts = []
-        for i in range(0, len(x), self.max_batch):
-            chunk = x[i:i + self.max_batch]
+        for chunk in self.split(x):
             if on_send:
                 on_send(len(chunk))
-            parts.append(self._checked(self._predict(chunk), len(chunk)))
+            parts.append(self.check_answer(self._predict(chunk), len(chunk)))
         return Prediction.concat(parts)
+
+    def split(self, x: np.ndarray) -> list[np.ndarray]:
+        """The calls ``query`` sends a batch in, in order: consecutive chunks of at most
+        ``max_batch`` examples (the journal keys and buys them one by one)."""
+        return [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
 
     def calls_for(self, batch_size: int) -> int:
         """How many calls a batch of this size is split into."""
         return -(-batch_size // self.max_batch)
 
-    def _checked(self, p: Prediction, batch_size: int) -> Prediction:
+    def check_answer(self, p: Prediction, batch_size: int) -> Prediction:
+        """``p`` when it is an answer of this backend to a call of ``batch_size`` examples (its
+        kind, one answer per example, its class count, finite scores, labels that are classes);
+        RuntimeError otherwise. ``query`` checks every call with it, the journal every answer it
+        reads back."""
         if p.kind != self.output_kind:
             raise RuntimeError(f"{self.name}: expected {self.output_kind} outputs, got {p.kind}")
         if len(p) != batch_size:
@@ -184,6 +242,69 @@ class Backend:
         return {"backend": self.name, "model_id": self.model_id, "output_kind": self.output_kind,
                 "num_classes": self.num_classes, "input_shape": list(self.input_spec.shape),
                 "value_range": list(self.input_spec.value_range)}
+
+
+class RemoteBackend(Backend):
+    """A paid service over a network: the base of a backend whose calls cost money and may fail
+    in flight (the http plugin's). It owns what every such backend does alike: ``query`` checks
+    the batch before anything leaves, splits it as ``split`` does, sends the calls
+    ``capabilities.concurrency`` at a time and waits for every one (so each attempt is booked
+    even when one fails), and passes ``key`` (the journal's name for one call) with its call.
+
+    A subclass implements ``_request(chunk, on_send, key)``, one call: tell ``on_send(len(chunk))``
+    before each attempt leaves (``retry=True`` for a resend: the ledger may refuse it by
+    raising), send ``key``, when given, as the service's idempotency key on every attempt, and
+    return the answer checked with ``check_answer``. Declared remote, with a probe of one example.
+    """
+
+    capabilities = Capabilities(remote=True, probe_examples=1)
+    _pool: ThreadPoolExecutor | None = None       # started with the first query
+
+    def _request(self, chunk: np.ndarray, on_send: Callable[..., None] | None, key: str | None) -> Prediction:
+        raise NotImplementedError
+
+    def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None,
+              key: str | None = None) -> Prediction:
+        """Answers for a batch: calls of at most ``max_batch`` examples, ``concurrency`` in flight."""
+        self.input_spec.check(x)
+        if key is not None and len(x) > self.max_batch:
+            raise Refusal(f"expected at most {self.max_batch} examples under one idempotency key, got {len(x)}")
+        pool = self._senders()
+        futures = [pool.submit(self._request, chunk, on_send, key) for chunk in self.split(x)]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return Prediction.concat([f.result() for f in futures])
+
+    def _senders(self) -> ThreadPoolExecutor:
+        """The threads calls are sent from (``concurrency`` of them), started with the first query."""
+        with _SENDERS_LOCK:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.capabilities.concurrency,
+                                                thread_name_prefix=f"bbreprog-{self.name}")
+            return self._pool
+
+    def close(self) -> None:
+        with _SENDERS_LOCK:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+_SENDERS_LOCK = threading.Lock()
+
+
+class DifferentiableBackend(Backend):
+    """A backend that also gives gradients: ``forward_tensor`` is what the white-box path
+    (train.method = "whitebox") trains through. Declared ``differentiable``."""
+
+    capabilities = Capabilities(differentiable=True)
+
+    def forward_tensor(self, x: "torch.Tensor") -> "torch.Tensor":
+        """(B, *input_shape) → (B, C) scores of the declared output kind, differentiable with
+        respect to ``x`` (the model's own parameters frozen)."""
+        raise NotImplementedError
 
 
 class CallableBackend(Backend):

@@ -9,6 +9,8 @@ on one model rather than confounded with a change of model::
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .backend import Backend, Prediction
@@ -41,17 +43,18 @@ class DegradedBackend(Backend):
         self.input_spec = inner.input_spec
         self.num_classes = inner.num_classes
         self.max_batch = inner.max_batch
-        # a remote inner stays remote: probed, journaled, several requests in flight
-        self.remote = inner.remote
-        self.probe_examples = int(getattr(inner, "probe_examples", 0))
-        self.concurrency = int(getattr(inner, "concurrency", 1))
-        self.honours_idempotency = bool(getattr(inner, "honours_idempotency", False))
+        # a remote inner stays remote (probed, journaled, several requests in flight); the
+        # degraded answers have no gradient
+        self.capabilities = dataclasses.replace(inner.capabilities, differentiable=False)
         self.name = f"{inner.name}+{kind}"
         # a different answer for the same input: the cache must not mix the two
         self.model_id = f"{inner.model_id}:{'topk' + str(self.k) if kind == 'topk' else kind}"
 
     def query(self, x: np.ndarray, on_send=None, key: str | None = None) -> Prediction:
-        """The inner backend books its own calls (and retries) through ``on_send``."""
+        """The inner backend's ``query``, degraded: it checks the batch, splits it, books its own
+        calls (and retries) through ``on_send`` and checks its answers, however it sends them (a
+        remote inner's own concurrency and keys). So this wrapper overrides ``query``, not
+        ``_predict``, which a remote inner does not have."""
         return self._degrade(self.inner.query(x, on_send=on_send, key=key))
 
     def _degrade(self, full: Prediction) -> Prediction:
@@ -69,6 +72,9 @@ class DegradedBackend(Backend):
             return Prediction("label", self.num_classes, labels=best)
         top = np.take_along_axis(scores, best, axis=1).astype(np.float32)               # (b, k)
         return Prediction("topk", self.num_classes, scores=top, labels=best)
+
+    def split(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.inner.split(x)
 
     def calls_for(self, batch_size: int) -> int:
         return self.inner.calls_for(batch_size)

@@ -237,13 +237,13 @@ class AnswerStore:
 class Recorder:
     """Answers a batch from the store where it can, buys the rest through the journal.
 
-    The batch is split exactly as the backend would split it (``max_batch``), so one key is
-    one call; calls are bought ``concurrency`` at a time when the backend has requests in
-    flight together (the http plugin)."""
+    The batch is split exactly as the backend's ``query`` splits it (``backend.split``), so one
+    key is one call; calls are bought ``capabilities.concurrency`` at a time when the backend has
+    requests in flight together (the http plugin)."""
 
     def __init__(self, backend: Backend, journal: Journal, store: AnswerStore):
         self.backend, self.journal, self.store = backend, journal, store
-        workers = int(getattr(backend, "concurrency", 1))
+        workers = backend.capabilities.concurrency
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bbreprog-journal") if workers > 1 else None
         self._unanswered = {r["key"] for r in journal.lost}    # intents an earlier process left open
         self._unread = set(journal.results)                   # answers earlier processes bought, not yet replayed
@@ -254,7 +254,7 @@ class Recorder:
         self._diverged = False                                # the replay may now end differently
         self._keys: tuple[np.ndarray, list[str]] | None = None
         #: the endpoint bills a call resent under its key once (declared by the backend's config)
-        self.idempotent = bool(getattr(backend, "honours_idempotency", False))
+        self.idempotent = backend.capabilities.honours_idempotency
         self.ledger = None                                    # set by Ledger.record_with
         self.earlier_booked = {"calls": 0, "queries": 0}
         # answers read back: the first read of an answer an earlier process bought (billed to
@@ -263,9 +263,8 @@ class Recorder:
         self.read_back = {"bought_by_earlier_processes": 0, "not_bought": 0}
 
     def _chunk_keys(self, x: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
-        """The calls ``x`` is split into (as the backend would split it) and their keys."""
-        size = self.backend.max_batch
-        chunks = [x[i:i + size] for i in range(0, len(x), size)]
+        """The calls ``x`` is split into (as the backend's ``query`` splits it) and their keys."""
+        chunks = self.backend.split(x)
         if self._keys is not None and self._keys[0] is x:    # asked by book_earlier, then by query
             return chunks, self._keys[1]
         keys = [query_key(self.backend.model_id, chunk) for chunk in chunks]
@@ -356,7 +355,7 @@ class Recorder:
         if answer is None:
             return None
         try:
-            return self.backend._checked(answer, examples)
+            return self.backend.check_answer(answer, examples)
         except RuntimeError as error:
             raise JournalError(f"expected the stored answer for {key[:12]}… to fit the backend, got: {error}") from None
 

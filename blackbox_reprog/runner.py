@@ -97,7 +97,7 @@ def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
         return lambda trainer: ZerothOrder(estimator, *step_rule(trainer, estimator.population),
                                            trainer.generator)
     if method == "whitebox":
-        if backend.output_kind not in ("logits", "probs") or not hasattr(backend, "forward_tensor"):
+        if backend.output_kind not in ("logits", "probs") or not backend.capabilities.differentiable:
             raise ConfigError(f"expected a backend with gradients (the torch plugin) for train.method "
                               f"'whitebox', got {backend.name} answering {backend.output_kind}")
         if config.loss.kind == "zero-one":
@@ -251,7 +251,7 @@ class Run:
     def _recorder(self):
         """The journal and the answer store, when the config (or a remote backend) asks for them."""
         mode, backend = self.config.train.journal, self.components.backend
-        if mode == "off" or (mode == "auto" and not backend.remote):
+        if mode == "off" or (mode == "auto" and not backend.capabilities.remote):
             return None
         store = Path(self.config.train.answer_store).expanduser() if self.config.train.answer_store else self.run_dir / ANSWERS
         answers = AnswerStore(store)                  # before the journal: nothing to close if it fails

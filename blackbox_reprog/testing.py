@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .backend import OUTPUT_KINDS, Backend, InputError, Prediction
+from .backend import OUTPUT_KINDS, Backend, Capabilities, DifferentiableBackend, InputError, Prediction
 
 
 def _valid_batch(backend: Backend, size: int, seed: int = 0) -> np.ndarray:
@@ -48,6 +48,10 @@ def check_declarations(backend: Backend) -> None:
     assert all(isinstance(d, int) and d > 0 for d in backend.input_spec.shape), f"input shape must be positive ints, got {backend.input_spec.shape}"
     assert backend.max_batch >= 1, f"max_batch must be ≥ 1, got {backend.max_batch}"
     assert backend.model_id, "model_id must identify the model (used to cache answers)"
+    capabilities = backend.capabilities
+    assert isinstance(capabilities, Capabilities), f"capabilities must be a Capabilities, got {type(capabilities).__name__}"
+    assert not capabilities.differentiable or isinstance(backend, DifferentiableBackend), (
+        "a backend declaring differentiable must be a DifferentiableBackend (forward_tensor)")
     json.dumps(backend.describe())
 
 

@@ -66,7 +66,7 @@ class Trainer:
         self.theta = torch.zeros(transform.num_params, requires_grad=True)
         self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
         self.order_rng = np.random.default_rng(self.seed)          # batch order
-        self.probe_cost = int(getattr(backend, "probe_examples", 0))   # a remote API is probed first
+        self.probe_cost = backend.capabilities.probe_examples   # a remote API is probed first
         self.map_cost = len(train) if label_map.needs_fit else 0
         self.validation_cost = len(validation)
         self.search = make_search(self)

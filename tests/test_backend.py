@@ -1,9 +1,13 @@
+import dataclasses
 import math
+import threading
 
 import numpy as np
 import pytest
 
-from blackbox_reprog.backend import CallableBackend, InputError, InputSpec, Prediction
+from blackbox_reprog.backend import (Capabilities, CallableBackend, InputError, InputSpec, Prediction,
+                                     RemoteBackend)
+from blackbox_reprog.errors import Refusal
 from blackbox_reprog.registry import UnknownBackend, create_backend, installed
 from blackbox_reprog.testing import check_backend
 from tests.models import CALLS, reset_calls, signal_model
@@ -109,7 +113,7 @@ class SendsThenRefuses(CallableBackend):
         except Exception:                                 # a batch of the wrong shape: sent all the same
             scores = None
         self.input_spec.check(x)
-        return self._checked(Prediction("logits", self.num_classes, scores=scores.astype(np.float32)), len(x))
+        return self.check_answer(Prediction("logits", self.num_classes, scores=scores.astype(np.float32)), len(x))
 
 
 @pytest.mark.parametrize("tell", [True, False], ids=["telling on_send", "telling nobody"])
@@ -134,3 +138,86 @@ def test_answers_with_impossible_labels_are_rejected():
     backend = CallableBackend(lambda x: np.full(len(x), 7), input_shape=(2,), num_classes=4, output_kind="label")
     with pytest.raises(RuntimeError, match=r"expected integer labels in \[0, 4\), got int64 values in \[7, 7\]"):
         backend.query(np.zeros((2, 2), np.float32))
+
+
+# ---- the contract's public parts: capabilities, split, check_answer, the remote base -----------
+def test_a_local_backend_declares_the_defaults():
+    assert make_callable().capabilities == Capabilities(remote=False, probe_examples=0, concurrency=1,
+                                                        honours_idempotency=False, differentiable=False)
+
+
+def test_a_class_still_setting_capabilities_as_attributes_is_refused_when_defined():
+    """Those attributes are no longer read: a paid API declaring ``remote = True`` would go
+    unjournaled without a word, so the class is refused."""
+    with pytest.raises(TypeError, match=r"expected Old to declare remote, concurrency in its capabilities "
+                                        r"\(capabilities = Capabilities\(remote=...\)\), got class attributes"):
+        class Old(CallableBackend):
+            remote = True
+            concurrency = 4
+
+
+@pytest.mark.parametrize("field, value", [("concurrency", 0), ("probe_examples", -1), ("concurrency", 2.5)])
+def test_impossible_capabilities_are_refused(field, value):
+    with pytest.raises(Refusal, match=f"expected capabilities.{field} of at least"):
+        Capabilities(**{field: value})
+
+
+def test_split_gives_the_calls_query_sends():
+    backend = make_callable(max_batch=4)
+    x = np.random.default_rng(0).normal(size=(10, 1024)).astype(np.float32)
+    chunks = backend.split(x)
+    assert [len(c) for c in chunks] == [4, 4, 2] and np.array_equal(np.concatenate(chunks), x)
+    told: list[int] = []
+    backend.query(x, on_send=told.append)
+    assert told == [4, 4, 2] and backend.calls_for(10) == len(chunks)
+
+
+def test_check_answer_returns_a_fitting_answer_and_names_what_does_not_fit():
+    backend = make_callable()
+    fits = Prediction("logits", 32, scores=np.zeros((2, 32), np.float32))
+    assert backend.check_answer(fits, 2) is fits
+    with pytest.raises(RuntimeError, match="callable: expected 3 answers, got 2"):
+        backend.check_answer(fits, 3)
+    with pytest.raises(RuntimeError, match="callable: expected logits outputs, got probs"):
+        backend.check_answer(Prediction("probs", 32, scores=np.full((2, 32), 1 / 32, np.float32)), 2)
+
+
+class FakeService(RemoteBackend):
+    """A paid service in a test: only the call of one chunk is written here."""
+
+    name = "fake"
+    output_kind = "logits"
+
+    def __init__(self, *, max_batch: int = 4, concurrency: int = 2):
+        self.input_spec, self.num_classes = InputSpec((1024,), "float32", (-10.0, 10.0)), 32
+        self.max_batch, self.model_id = max_batch, "fake:signal"
+        self.capabilities = dataclasses.replace(self.capabilities, concurrency=concurrency)
+        self.calls: list[tuple[int, str | None, str]] = []
+        self.lock = threading.Lock()
+
+    def _request(self, chunk, on_send, key):
+        if on_send:
+            on_send(len(chunk))
+        with self.lock:
+            self.calls.append((len(chunk), key, threading.current_thread().name))
+        return self.check_answer(Prediction("logits", 32, scores=signal_model(chunk).astype(np.float32)), len(chunk))
+
+
+def test_a_remote_backend_writes_only_the_call_and_the_base_chunks_sends_and_passes_keys():
+    service = FakeService()
+    try:
+        assert service.capabilities == Capabilities(remote=True, probe_examples=1, concurrency=2)
+        check_backend(service)
+        x = np.random.default_rng(0).uniform(-1, 1, size=(10, 1024)).astype(np.float32)
+        told: list[int] = []
+        service.calls.clear()
+        answer = service.query(x, on_send=told.append)
+        assert np.allclose(answer.scores, signal_model(x), atol=1e-6)            # in the order of x
+        assert sorted(told) == [2, 4, 4] and sorted(n for n, _, _ in service.calls) == [2, 4, 4]
+        assert all(thread.startswith("bbreprog-fake") for _, _, thread in service.calls)
+        with pytest.raises(Refusal, match="expected at most 4 examples under one idempotency key, got 10"):
+            service.query(x, key="k")
+        service.query(x[:3], key="k")
+        assert service.calls[-1][:2] == (3, "k") and len(service.calls) == 4
+    finally:
+        service.close()

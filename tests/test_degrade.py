@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.backend import CallableBackend
+from blackbox_reprog.backend import CallableBackend, Capabilities
 from blackbox_reprog.degrade import DegradedBackend, degrade
 from blackbox_reprog.registry import create_backend
 from blackbox_reprog.testing import _valid_batch, check_backend
@@ -60,6 +60,19 @@ def test_degraded_backend_declares_what_it_wraps(crepe):
     assert described["output_kind"] == "topk" and described["model_id"] == crepe.model_id + ":topk5"
     assert described["degraded"] == {"from": "logits", "to": "topk", "k": 5, "inner_model_id": crepe.model_id}
     assert top5.calls_for(crepe.max_batch + 1) == crepe.calls_for(crepe.max_batch + 1) == 2
+
+
+def test_degraded_capabilities_are_the_inner_ones_without_gradients(crepe):
+    """A remote inner stays remote, probed, concurrent and idempotent; a degraded answer has no
+    gradient, so the white-box path refuses it."""
+    assert DegradedBackend(crepe, "topk").capabilities == crepe.capabilities
+    inner = CallableBackend(lambda x: x, input_shape=(4,), num_classes=4)
+    inner.capabilities = Capabilities(remote=True, probe_examples=1, concurrency=3, honours_idempotency=True,
+                                      differentiable=True)
+    assert DegradedBackend(inner, "label").capabilities == Capabilities(
+        remote=True, probe_examples=1, concurrency=3, honours_idempotency=True, differentiable=False)
+    x = np.zeros((crepe.max_batch + 1, *crepe.input_spec.shape), np.float32)
+    assert [len(c) for c in DegradedBackend(crepe, "label").split(x)] == [len(c) for c in crepe.split(x)]
 
 
 def test_probs_backend_keeps_its_probabilities_and_close_reaches_the_inner_backend():

@@ -25,7 +25,7 @@ from bbreprog_http.keys import ApiKey
 from bbreprog_http.protocols import PROBABILITY_TOLERANCE, V2, Contract, MLflow, Template, TFServing
 from bbreprog_http.retry import backoff, retry_delay, server_delay
 from bbreprog_http.transport import ContractError, Transport
-from blackbox_reprog.backend import Prediction
+from blackbox_reprog.backend import Capabilities, Prediction
 from blackbox_reprog.ledger import BudgetExceeded, Ledger
 from tests.http_support import (LocalCA, Received, Reply, ScriptedServer, free_port, v2_answer, v2_inputs,
                                 v2_one_hot)
@@ -932,6 +932,30 @@ def test_concurrency_one_never_overlaps_requests():
         answer = remote.query(x)
     assert answer.top1().tolist() == list(range(size))
     assert len(server.posts) == 4 and server.max_in_flight == 1
+
+
+@pytest.mark.parametrize("options, honours", [({}, False), ({"idempotent": True}, True),
+                                              ({"idempotent": True, "idempotency_header": ""}, False)])
+def test_the_options_set_the_declared_capabilities(options, honours):
+    """Remote with a probe of one example (RemoteBackend's declaration); concurrency and
+    idempotency from the options (no header: no key is sent, so none can be honoured)."""
+    with template("http://127.0.0.1:9", concurrency=3, **options) as remote:   # no health check: nothing sent
+        assert remote.capabilities == Capabilities(remote=True, probe_examples=1, concurrency=3,
+                                                   honours_idempotency=honours)
+        described = remote.describe()
+    assert (described["concurrency"], described["honours_idempotency"]) == (3, honours)
+
+
+def test_the_key_goes_with_every_attempt_of_its_call_and_covers_one_call_only():
+    key = "ab" * 32
+    with ScriptedServer([Reply(503, {"retry-after-ms": "1"}, b"busy"), ONE_HOT]) as server, \
+            connected(server.url, max_batch=4) as remote:
+        told: list[tuple[int, bool]] = []
+        answer = remote.query(batch(3), on_send=lambda n, retry=False: told.append((n, retry)), key=key)
+        with pytest.raises(ValueError, match="expected at most 4 examples under one idempotency key, got 5"):
+            remote.query(batch(5), key=key)
+    assert answer.top1().tolist() == [0, 1, 2] and told == [(3, False), (3, True)]
+    assert [r.headers["idempotency-key"] for r in server.posts] == [key, key]   # the refused call sent nothing
 
 
 @pytest.mark.parametrize("options, missing", [({}, "no input_shape and no num_classes"),

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from blackbox_reprog.backend import OUTPUT_KINDS, CallableBackend, Prediction
+from blackbox_reprog.backend import OUTPUT_KINDS, CallableBackend, Capabilities, Prediction
 from blackbox_reprog.cli import main
 from blackbox_reprog.config import load_config
 from blackbox_reprog.journal import JOURNAL, AnswerStore, Journal, JournalError, query_key, read_journal
@@ -408,7 +408,7 @@ def test_what_earlier_processes_sent_is_booked_on_resume(finished, tmp_path, mon
     lost in flight was possibly billed and is booked as retried unless the endpoint honours
     idempotency keys; a retry an earlier process journaled is booked either way (the live
     process booked it too)."""
-    monkeypatch.setattr(CallableBackend, "honours_idempotency", idempotent)
+    monkeypatch.setattr(CallableBackend, "capabilities", Capabilities(honours_idempotency=idempotent))
     records, _ = read_journal(finished["run_dir"] / JOURNAL)
     first_test = next(i for i, r in enumerate(records) if r["kind"] == "intent" and r["purpose"] == "test")
     folder, store, lost = killed_with_a_call_in_flight(finished, tmp_path, "test", retried=first_test)

@@ -84,7 +84,7 @@ def test_non_finite_losses_never_reach_the_step_rule():
         out[::3] = np.nan if CALLS["count"] % 2 else out[::3]
         return out
     nan_backend = CallableBackend(sometimes_nan, input_shape=(1024,), num_classes=32)
-    nan_backend._checked = lambda p, n: p        # let the NaNs through to the loss
+    nan_backend.check_answer = lambda p, n: p    # let the NaNs through to the loss
     trainer = build(config(budget=3000, **{"label_map.kind": "random"}), backend=nan_backend).trainer
     result = trainer.fit()
     assert any(r.get("non_finite") == "skipped" for r in result.history)

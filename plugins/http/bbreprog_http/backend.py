@@ -1,9 +1,9 @@
 """A remote prediction endpoint as a Backend.
 
 The batch a trainer asks for is split into requests of at most ``max_batch`` examples, sent
-``concurrency`` at a time; each request is retried by the transport's policy and every
-attempt is told to the ledger before it leaves. Answers are decoded and checked by the
-protocol's contract, so nothing unchecked reaches the toolkit::
+``concurrency`` at a time (``RemoteBackend`` does both); each request is retried by the
+transport's policy and every attempt is told to the ledger before it leaves. Answers are
+decoded and checked by the protocol's contract, so nothing unchecked reaches the toolkit::
 
     [backend]
     name = "http"
@@ -18,14 +18,14 @@ protocol's contract, so nothing unchecked reaches the toolkit::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 
-from blackbox_reprog.backend import OUTPUT_KINDS, Backend, InputSpec, Prediction
+from blackbox_reprog.backend import OUTPUT_KINDS, InputSpec, Prediction, RemoteBackend
 from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey
@@ -41,12 +41,10 @@ PROTOCOL_OPTIONS = {
 }
 
 
-class HttpBackend(Backend):
+class HttpBackend(RemoteBackend):
     """A remote prediction API (KServe V2, TF-Serving, MLflow or a declared JSON template)."""
 
-    name = "http"
-    remote = True
-    probe_examples = 1           # one paid call at the start checks the whole answer contract
+    name = "http"                # remote, with a probe: one paid call at the start checks the whole contract
 
     def __init__(self, url: str, *, protocol: Protocol, input_shape: Sequence[int], num_classes: int,
                  output_kind: str = "probs", k: int = 1, labels: list[str] | None = None,
@@ -66,13 +64,14 @@ class HttpBackend(Backend):
                                     tuple(float(v) for v in value_range))
         self.num_classes, self.output_kind = int(num_classes), output_kind
         self.contract = Contract(output_kind, num_classes, k if output_kind == "topk" else 1, labels)
-        self.max_batch, self.concurrency = int(max_batch), int(concurrency)
+        self.max_batch = int(max_batch)
         self.idempotency_header = idempotency_header
         # declared by the user (nothing in a protocol says so): a call resent under its key is not billed
         # twice, so a resumed run does not book the calls its dead predecessor left in flight
         if not isinstance(idempotent, bool):
             raise Refusal(f"expected backend.options.idempotent true or false, got {idempotent!r}")
-        self.honours_idempotency = idempotent and bool(idempotency_header)
+        self.capabilities = dataclasses.replace(self.capabilities, concurrency=int(concurrency),
+                                                honours_idempotency=idempotent and bool(idempotency_header))
         # what identifies the answers (journal keys, answer store): the endpoint and what is asked of it
         self.model_id = (f"http:{protocol.name}:{shown(transport.url(protocol.infer_path))}:{output_kind}"
                          + (f":k{k}" if output_kind == "topk" else "") + protocol.variant())
@@ -81,7 +80,6 @@ class HttpBackend(Backend):
         except ValueError:
             transport.close()
             raise
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bbreprog-http")
 
     @classmethod
     def from_config(cls, model: str, *, protocol: str = "v2", input_shape: Sequence[int] = (),
@@ -123,25 +121,10 @@ class HttpBackend(Backend):
             raise Refusal(f"expected a {self.protocol.name} endpoint answering GET {url} with 200, "
                           f"got HTTP {response.status_code}")
 
-    # ---- queries -----------------------------------------------------------------------------
-    def query(self, x: np.ndarray, on_send: Callable[..., None] | None = None,
-              key: str | None = None) -> Prediction:
-        """Answers for a batch: requests of at most ``max_batch`` examples, ``concurrency`` in
-        flight; every request is waited for, so each attempt is booked even when one fails.
-        ``key`` (one request's worth of examples) is sent as the idempotency header, retries
-        and resends after a restart included."""
-        self.input_spec.check(x)
-        if key is not None and len(x) > self.max_batch:
-            raise Refusal(f"expected at most {self.max_batch} examples under one idempotency key, got {len(x)}")
-        chunks = [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
-        futures = [self._pool.submit(self._request, chunk, on_send, key) for chunk in chunks]
-        errors = [f.exception() for f in futures]
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
-        return Prediction.concat([f.result() for f in futures])
-
+    # ---- one request (RemoteBackend.query chunks, sends concurrently and waits for them all) ----
     def _request(self, chunk: np.ndarray, on_send: Callable[..., None] | None, key: str | None) -> Prediction:
+        """One request, retried by the transport's policy; ``key`` is sent as the idempotency
+        header, retries and resends after a restart included."""
         body = json.dumps(self.protocol.encode(chunk)).encode()
         headers = {self.idempotency_header: key} if key and self.idempotency_header else {}
 
@@ -151,18 +134,20 @@ class HttpBackend(Backend):
 
         response = self.transport.post(self.protocol.infer_path, body, attempt, headers)
         try:
-            return self._checked(self.protocol.decode(_json(self.transport._scrub_bytes(response.content)), len(chunk), self.contract), len(chunk))
+            answer = self.protocol.decode(_json(self.transport.scrub_bytes(response.content)), len(chunk),
+                                          self.contract)
+            return self.check_answer(answer, len(chunk))
         except ResponseError as error:
-            raise ResponseError(self.transport._scrub(f"{shown(response.url)}: {error}")) from None
+            raise ResponseError(self.transport.scrub(f"{shown(response.url)}: {error}")) from None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        super().close()
         self.transport.close()
 
     def describe(self) -> dict:
         return {**super().describe(), **self.protocol.describe(), "url": shown(self.transport.base_url),
-                "max_batch": self.max_batch, "concurrency": self.concurrency,
-                "honours_idempotency": self.honours_idempotency}
+                "max_batch": self.max_batch, "concurrency": self.capabilities.concurrency,
+                "honours_idempotency": self.capabilities.honours_idempotency}
 
 
 def _json(content: bytes) -> object:

@@ -212,6 +212,14 @@ class Transport:
                 session.close()
             self._sessions.clear()
 
+    def scrub(self, text: str) -> str:
+        """``text`` with the key replaced, for a message that quotes the server."""
+        return self.key.scrub(text) if self.key is not None else text
+
+    def scrub_bytes(self, content: bytes) -> bytes:
+        """A server's raw answer with the key replaced, before any of it can reach a message."""
+        return self.key.scrub_bytes(content) if self.key is not None else content
+
     # ---- one request, redirects followed within the origin only -----------------------------
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -260,8 +268,8 @@ class Transport:
             where = shown(url)
         except ValueError:
             where = "an unparsable location"
-        raise EndpointError(self._scrub(f"expected answers from {shown(came_from)}, got a redirect to {where}, "
-                                        f"which {problem}: not followed"))
+        raise EndpointError(self.scrub(f"expected answers from {shown(came_from)}, got a redirect to {where}, "
+                                       f"which {problem}: not followed"))
 
     def _target_problem(self, url: str) -> str | None:
         """Why ``url`` must not be sent the key (None: it may), as a phrase following "which"."""
@@ -300,14 +308,8 @@ class Transport:
 
     def _describe(self, error: Exception) -> str:
         kind = "timeout" if isinstance(error, requests.Timeout) else "connection error"
-        return self._scrub(f"{kind} ({type(error).__name__})")
+        return self.scrub(f"{kind} ({type(error).__name__})")
 
     def _excerpt(self, response: requests.Response) -> str:
-        text = " ".join(self._scrub(response.text)[:200].split())   # one line: no \n or \r from a server
+        text = " ".join(self.scrub(response.text)[:200].split())   # one line: no \n or \r from a server
         return text or "(empty body)"
-
-    def _scrub_bytes(self, content: bytes) -> bytes:
-        return self.key.scrub_bytes(content) if self.key is not None else content
-
-    def _scrub(self, text: str) -> str:
-        return self.key.scrub(text) if self.key is not None else text

@@ -11,7 +11,7 @@ import numpy as np
 from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
 from blackbox_reprog.errors import Refusal
 
-from .safety import UnsafeModel, _external_locations, check_model_file
+from .safety import UnsafeModel, check_model_file, external_locations
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
@@ -102,7 +102,7 @@ class OnnxBackend(Backend):
             raise Refusal(f"expected a fixed number of classes in the model output, got {outputs[0].shape}")
         self.num_classes = classes
         self.max_batch = checked_max_batch(max_batch, shape, device)
-        self.model_id = "onnx:sha256:" + _model_digest(self.path, _external_locations(proto))
+        self.model_id = "onnx:sha256:" + _model_digest(self.path, external_locations(proto))
 
     @staticmethod
     def _providers(ort, device: str) -> list[str]:

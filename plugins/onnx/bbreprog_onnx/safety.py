@@ -69,7 +69,8 @@ def check_operators(model, name: str) -> None:
                                   f"libraries are never loaded)")
 
 
-def _external_locations(model) -> list[str]:
+def external_locations(model) -> list[str]:
+    """The external-data file named by each tensor of ``model`` (its graph and its functions)."""
     locations = []
     for tensor in (t for graph in (model.graph, *model.functions) for t in _graph_tensors(graph)):
         if tensor.data_location == tensor.EXTERNAL:
@@ -115,7 +116,7 @@ def check_model_file(path: str | Path):
         raise UnsafeModel(f"expected an ONNX model file, got {path.name}, which does not parse as one ({type(error).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise UnsafeModel(f"expected an ONNX model file, got {path.name}, which holds no graph")
-    for location in _external_locations(model):
+    for location in external_locations(model):
         check_location(path.parent, location)
     check_operators(model, path.name)
     try:

@@ -1,5 +1,5 @@
-"""PyTorch models as backends. Unlike every other backend this one also offers gradients
-(``forward_tensor``), which is what the white-box reference path trains through.
+"""PyTorch models as backends. Unlike every other backend this one also offers gradients: a
+``DifferentiableBackend``, whose ``forward_tensor`` the white-box reference path trains through.
 
 Weights are only ever read with ``torch.load(..., weights_only=True)`` (inside the zoo); a
 user's own model comes in as an ``nn.Module`` object or a "module:factory" that returns one.
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.backend import DifferentiableBackend, InputSpec, Prediction, checked_max_batch
 from blackbox_reprog.errors import Refusal
 
 
@@ -41,7 +41,7 @@ def _load_factory(model: str) -> torch.nn.Module:
     return module
 
 
-class TorchBackend(Backend):
+class TorchBackend(DifferentiableBackend):
     """PyTorch model (zoo name, nn.Module or "module:factory"; cpu or cuda; gradients for white-box)."""
 
     name = "torch"
