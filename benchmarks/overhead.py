@@ -74,19 +74,19 @@ def blackbox_side_by_side(base: dict, rounds: int, steps: int, raw_batch: int = 
     # the raw side: exactly the inputs the steps send, made once (the first step's θ perturbations)
     raw_inputs = []
     for xb, _ in work:
-        thetas = trainer.search.estimator.propose(trainer.theta.detach(), torch.Generator().manual_seed(0))
+        thetas = trainer.search.estimator.propose(trainer.theta.detach(), torch.Generator().manual_seed(0)).thetas
         with torch.no_grad():
             inputs = trainer.transform(thetas, xb)                            # (P, B, *source)
         flat = inputs.reshape(-1, *inputs.shape[2:]).numpy().astype(np.float32)
         raw_inputs.append([flat[i:i + call_size] for i in range(0, len(flat), call_size)])
     queries = sum(sum(len(c) for c in chunks) for chunks in raw_inputs)
     toolkit, raw = [], []
-    trainer.search.step(trainer, *work[0])                                     # warm both paths once
+    trainer.step(*work[0])                                     # warm both paths once
     backend.session.run(None, {backend.input_name: raw_inputs[0][0]})
     for _ in range(rounds):
         started = time.perf_counter()
         for xb, yb in work:
-            trainer.search.step(trainer, xb, yb)
+            trainer.step(xb, yb)
         toolkit.append(queries / (time.perf_counter() - started))
         started = time.perf_counter()
         for chunks in raw_inputs:
@@ -110,11 +110,11 @@ def whitebox_side_by_side(base: dict, rounds: int, steps: int) -> dict:
             sources.append(trainer.transform(trainer.theta.detach()[None], xb)[0].clone())   # (B, *source)
     examples = sum(len(xb) for xb, _ in work)
     toolkit, bare = [], []
-    trainer.search.step(trainer, *work[0])
+    trainer.step(*work[0])
     for _ in range(rounds):
         started = time.perf_counter()
         for xb, yb in work:
-            trainer.search.step(trainer, xb, yb)
+            trainer.step(xb, yb)
         toolkit.append(examples / (time.perf_counter() - started))
         started = time.perf_counter()
         for source in sources:
@@ -130,7 +130,7 @@ def peak_memory(name: str, steps: int) -> float:
     code = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import overhead; base = overhead.CONFIGS[{name!r}]; "
             f"built = overhead.components(base, base['train'].get('method', 'blackbox')); "
-            f"[built.trainer.search.step(built.trainer, xb, yb) for xb, yb in overhead.batches(built.trainer, {steps})]; "
+            f"[built.trainer.step(xb, yb) for xb, yb in overhead.batches(built.trainer, {steps})]; "
             "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,8 +1,10 @@
 """Zeroth-order gradient estimators.
 
 An estimator never sees the backend. Each step it proposes a population of programs
-(``propose``: θ → (P, d)); the trainer evaluates all P on the same batch in one batched call
-(common random numbers) and hands back their losses; ``estimate`` turns those into ĝ.
+(``propose``: θ → a ``Proposal`` holding the (P, d) programs and the directions drawn); the
+trainer evaluates all P on the same batch in one batched call (common random numbers) and
+hands back their losses; ``estimate(proposal, losses)`` turns those into ĝ. Nothing is kept
+between the two calls: the proposal carries it.
 Perturbations are drawn from the run's seeded generator, so a run replays exactly from its seed.
 
 Costs per step on a batch of B examples: one-sided B·(q+1), two-sided / SPSA / coordinate 2·B·q.
@@ -10,10 +12,20 @@ Costs per step on a batch of B examples: one-sided B·(q+1), two-sided / SPSA / 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .errors import Refusal
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What one step evaluates, and what ``estimate`` needs to turn its losses into ĝ."""
+
+    thetas: torch.Tensor          # (P, d) the programs to evaluate
+    directions: torch.Tensor      # (q, d) perturbations, or (q,) coordinates for Coordinate
+    scale: float                  # the smoothing radius μ, or SPSA's c_k of this step
 
 
 class Estimator:
@@ -25,7 +37,6 @@ class Estimator:
             raise Refusal(f"expected at least 1 direction, got {self.q}")
         if not self.mu > 0:
             raise Refusal(f"expected a smoothing radius above 0, got {self.mu}")
-        self._theta = self._directions = None
         self.step_count = 0
 
     @property
@@ -33,11 +44,11 @@ class Estimator:
         """How many programs one step evaluates."""
         raise NotImplementedError
 
-    def propose(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """θ (d,) → (P, d) programs to evaluate."""
+    def propose(self, theta: torch.Tensor, generator: torch.Generator) -> Proposal:
+        """θ (d,) → the (P, d) programs to evaluate, with the directions drawn."""
         raise NotImplementedError
 
-    def estimate(self, losses: torch.Tensor) -> torch.Tensor:
+    def estimate(self, proposal: Proposal, losses: torch.Tensor) -> torch.Tensor:
         """(P,) losses of the proposed programs → ĝ (d,)."""
         raise NotImplementedError
 
@@ -74,13 +85,13 @@ class RandomDirection(Estimator):
         return self.q + 1
 
     def propose(self, theta, generator):
-        self._directions = self._draw(generator, self.distribution)  # (q, d)
-        return torch.cat([theta[None], theta + self.mu * self._directions])  # (q+1, d)
+        u = self._draw(generator, self.distribution)                                  # (q, d)
+        return Proposal(torch.cat([theta[None], theta + self.mu * u]), u, self.mu)    # (q+1, d)
 
-    def estimate(self, losses):
+    def estimate(self, proposal, losses):
         self.step_count += 1
-        slopes = (losses[1:] - losses[0]) / self.mu                   # (q,)
-        return self.phi / self.q * (slopes @ self._directions)
+        slopes = (losses[1:] - losses[0]) / proposal.scale                            # (q,)
+        return self.phi / self.q * (slopes @ proposal.directions)
 
 
 class Antithetic(RandomDirection):
@@ -94,13 +105,13 @@ class Antithetic(RandomDirection):
         return 2 * self.q
 
     def propose(self, theta, generator):
-        self._directions = self._draw(generator, self.distribution)
-        return torch.cat([theta + self.mu * self._directions, theta - self.mu * self._directions])
+        u = self._draw(generator, self.distribution)                                  # (q, d)
+        return Proposal(torch.cat([theta + self.mu * u, theta - self.mu * u]), u, self.mu)   # (2q, d)
 
-    def estimate(self, losses):
+    def estimate(self, proposal, losses):
         self.step_count += 1
-        slopes = (losses[: self.q] - losses[self.q:]) / (2 * self.mu)
-        return self.phi / self.q * (slopes @ self._directions)
+        slopes = (losses[: self.q] - losses[self.q:]) / (2 * proposal.scale)          # (q,)
+        return self.phi / self.q * (slopes @ proposal.directions)
 
 
 class Coordinate(Estimator):
@@ -117,15 +128,15 @@ class Coordinate(Estimator):
         return 2 * self.q
 
     def propose(self, theta, generator):
-        self._coords = torch.randperm(self.dim, generator=generator)[: self.q]
+        coords = torch.randperm(self.dim, generator=generator)[: self.q]              # (q,)
         steps = torch.zeros(self.q, self.dim)
-        steps[torch.arange(self.q), self._coords] = self.mu
-        return torch.cat([theta + steps, theta - steps])
+        steps[torch.arange(self.q), coords] = self.mu
+        return Proposal(torch.cat([theta + steps, theta - steps]), coords, self.mu)   # (2q, d)
 
-    def estimate(self, losses):
+    def estimate(self, proposal, losses):
         self.step_count += 1
         g = torch.zeros(self.dim)
-        g[self._coords] = (losses[: self.q] - losses[self.q:]) / (2 * self.mu)
+        g[proposal.directions] = (losses[: self.q] - losses[self.q:]) / (2 * proposal.scale)
         return g * (self.dim / self.q)
 
 
@@ -149,14 +160,13 @@ class SPSA(Estimator):
         return self.mu
 
     def propose(self, theta, generator):
-        self._directions = self._perturbation(generator)             # (q, d)
-        self._c_step = self._c()                                     # c_k, kept for estimate
-        return torch.cat([theta + self._c_step * self._directions, theta - self._c_step * self._directions])
+        delta, c = self._perturbation(generator), self._c()                           # (q, d), c_k
+        return Proposal(torch.cat([theta + c * delta, theta - c * delta]), delta, c)  # (2q, d)
 
-    def estimate(self, losses):
+    def estimate(self, proposal, losses):
         self.step_count += 1
-        diff = (losses[: self.q] - losses[self.q:]) / (2 * self._c_step)  # (q,)
-        return (diff[:, None] / self._directions).mean(dim=0)
+        diff = (losses[: self.q] - losses[self.q:]) / (2 * proposal.scale)           # (q,)
+        return (diff[:, None] / proposal.directions).mean(dim=0)
 
 
 class SPSAGC(SPSA):
@@ -180,8 +190,8 @@ class SPSAGC(SPSA):
     def _c(self):
         return self.mu / math.pow(self.step_count + 1, self.gamma)
 
-    def estimate(self, losses):
-        g = super().estimate(losses)
+    def estimate(self, proposal, losses):
+        g = super().estimate(proposal, losses)
         self.momentum = self.beta * self.momentum + g
         return g + self.beta * self.momentum
 

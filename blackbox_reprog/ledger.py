@@ -125,6 +125,10 @@ class Ledger:
         self.tallies[purpose].queries += queries
         self.tallies[purpose].calls += 1
 
+    def add_seconds(self, purpose: str, seconds: float) -> None:
+        """Time spent on work booked with ``spend`` (a white-box pass), beside the queries'."""
+        self.tallies[purpose].seconds += seconds
+
     def summary(self) -> dict:
         """Per purpose and in total: queries, calls, seconds; plus the budget."""
         out = {purpose: tally.as_dict() for purpose, tally in self.tallies.items()}

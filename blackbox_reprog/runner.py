@@ -64,29 +64,32 @@ def build(config: RunConfig, *, backend: Backend | None = None,
 
 
 def backend_name(config: RunConfig) -> str:
-    """The white-box path needs gradients: a zoo model asked for through ONNX is served by the
-    torch plugin instead — the same network from the same weights."""
+    """The white-box path needs gradients: a zoo model asked for through a backend without them
+    (onnx) is served by an installed backend that declares both (torch), found by the registry
+    from the plugins' capabilities — the same network from the same weights."""
     from . import zoo
-    if config.train.method == "whitebox" and config.backend.name == "onnx" and config.backend.model in zoo.zoo_names():
-        return "torch"
+    from .registry import zoo_backend_with_gradients
+    if config.train.method == "whitebox" and config.backend.model in zoo.zoo_names():
+        return zoo_backend_with_gradients(config.backend.name)
     return config.backend.name
 
 
 def backend_options(config: RunConfig) -> dict:
-    """The config's backend options; when the torch plugin stands in for ONNX, only the options
-    both share (device, max_batch) carry over."""
+    """The config's backend options; when another backend stands in (torch for onnx), only the
+    options both local backends share (device, max_batch) carry over."""
     if backend_name(config) != config.backend.name:
         return {k: v for k, v in config.backend.options.items() if k in ("device", "max_batch")}
     return dict(config.backend.options)
 
 
 def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
-    """A function of the trainer that builds the search strategy the config asks for."""
+    """A function of (θ, horizon) that builds the search strategy the config asks for, moving
+    θ; ``horizon(population)`` is how many steps the budget pays for (schedules and nevergrad
+    plan over it). Refusals come here, before any query."""
     method, o = config.train.method, config.optimizer
 
-    def step_rule(trainer, population: int):
-        steps = trainer.planned_steps(population)
-        rule = make_optimizer(o.kind, [trainer.theta], lr=o.lr, momentum=o.momentum)
+    def step_rule(theta: torch.Tensor, steps: int):
+        rule = make_optimizer(o.kind, [theta], lr=o.lr, momentum=o.momentum)
         return rule, make_schedule(o.schedule, rule, total_steps=steps, decay=o.decay,
                                    offset=o.offset, power=o.power)
 
@@ -94,8 +97,8 @@ def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
         e = config.estimator
         estimator = make_estimator(e.kind, transform.num_params, directions=e.directions,
                                    smoothing=e.smoothing, distribution=e.distribution)
-        return lambda trainer: ZerothOrder(estimator, *step_rule(trainer, estimator.population),
-                                           trainer.generator)
+        return lambda theta, horizon: ZerothOrder(theta, estimator, *step_rule(theta, horizon(estimator.population)),
+                                                  torch.Generator().manual_seed(config.seed))   # perturbations
     if method == "whitebox":
         if backend.output_kind not in ("logits", "probs") or not backend.capabilities.differentiable:
             raise ConfigError(f"expected a backend with gradients (the torch plugin) for train.method "
@@ -103,11 +106,10 @@ def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
         if config.loss.kind == "zero-one":
             raise ConfigError("expected a differentiable loss (ce, focal or margin) for train.method "
                               "'whitebox', got 'zero-one'")
-        return lambda trainer: Autograd(backend.forward_tensor, *step_rule(trainer, 1),
-                                        scores=backend.output_kind, chunk_size=backend.max_batch)
+        return lambda theta, horizon: Autograd(theta, *step_rule(theta, horizon(1)), chunk_size=backend.max_batch)
     ev = config.evolution
-    return lambda trainer: Evolution(ev.optimizer, transform.num_params, popsize=ev.popsize, sigma=ev.sigma,
-                                     seed=config.seed, generations=trainer.planned_steps(ev.popsize))
+    return lambda theta, horizon: Evolution(theta, ev.optimizer, popsize=ev.popsize, sigma=ev.sigma,
+                                            seed=config.seed, generations=horizon(ev.popsize))
 
 
 def build_program(config: RunConfig, model, target_shape: tuple[int, ...], num_target: int):

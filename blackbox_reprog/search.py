@@ -1,36 +1,54 @@
 """How θ moves: the three search strategies the trainer can drive.
 
-Each strategy takes one step on a batch and reports the step's loss. They differ only in
-where the direction comes from, so a comparison between them is fair:
+A search never queries the model: the trainer owns every query. A black-box search is asked
+for the programs to score (``ask`` → an ``Asked`` holding (P, d) programs) and told their
+losses (``tell``), which moves θ. They differ only in where the direction comes from, so a
+comparison between them is fair:
 
-- ``ZerothOrder``: an estimator proposes P perturbed programs, one batched query scores them,
-  ĝ goes to a ``torch.optim`` step rule.
-- ``Autograd`` (white-box): the exact gradient through transform → model → map → loss, into
-  the same step rule. Counts one query per example (a forward+backward pass).
-- ``Evolution``: a nevergrad optimizer asks a population, one batched query scores it, the
-  losses are told back; θ is the optimizer's recommendation.
+- ``ZerothOrder``: an estimator proposes P perturbed programs; ĝ from their losses goes to a
+  ``torch.optim`` step rule.
+- ``Evolution``: a nevergrad optimizer asks a population and is told its losses; θ is the
+  optimizer's recommendation.
+- ``Autograd`` (white-box, ``exact``): no population to score. It is given an objective
+  closure, (x, y) → (loss, log-probabilities) differentiable in θ, and takes the exact
+  gradient step into the same step rule. The trainer counts one query per example.
 """
 from __future__ import annotations
 
-import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .errors import Refusal
 from .estimators import Estimator
-from .outputs import FLOOR
+
+#: a white-box objective on a chunk of the batch: (x (b, ...), y (b,)) → (loss (), log-probs (b, C))
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What one step of a black-box search scores: the programs, and what ``tell`` needs back."""
+
+    thetas: torch.Tensor          # (P, d)
+    context: Any = None           # the estimator's Proposal, nevergrad's candidates
 
 
 class Search:
     kind: str = ""
     population: int = 1          # programs evaluated per example in one step
+    exact: bool = False          # True: takes an objective closure (``descend``), not ask/tell
     #: what a step does with non-finite losses: skip the update, or tell them as the worst
     non_finite: str = "skipped"
 
-    def step(self, trainer, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step; returns (losses of the evaluated programs (P,), log-probs around θ (B, C))."""
+    def ask(self) -> Asked:
+        """The programs to score on this step's batch."""
+        raise NotImplementedError
+
+    def tell(self, asked: Asked, losses: torch.Tensor) -> None:
+        """Their losses (P,): θ moves."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -47,18 +65,19 @@ def _apply_gradient(theta: torch.Tensor, gradient: torch.Tensor, step_rule, sche
 class ZerothOrder(Search):
     kind = "blackbox"
 
-    def __init__(self, estimator: Estimator, step_rule, schedule, generator: torch.Generator):
-        self.estimator, self.step_rule, self.schedule = estimator, step_rule, schedule
+    def __init__(self, theta: torch.Tensor, estimator: Estimator, step_rule, schedule, generator: torch.Generator):
+        self.theta, self.estimator, self.step_rule, self.schedule = theta, estimator, step_rule, schedule
         self.generator = generator
         self.population = estimator.population
 
-    def step(self, trainer, xb, yb):
-        thetas = self.estimator.propose(trainer.theta.detach(), self.generator)  # (P, d)
-        log_probs = trainer.log_probs(thetas, xb, "train")                      # (P, B, C)
-        losses = trainer.loss(trainer.label_map(log_probs), yb)                 # (P,)
+    def ask(self) -> Asked:
+        proposal = self.estimator.propose(self.theta.detach(), self.generator)
+        return Asked(proposal.thetas, proposal)                                   # (P, d)
+
+    def tell(self, asked: Asked, losses: torch.Tensor) -> None:
         if torch.isfinite(losses).all():          # never feed NaN/inf to a step rule
-            _apply_gradient(trainer.theta, self.estimator.estimate(losses), self.step_rule, self.schedule)
-        return losses, log_probs.exp().mean(dim=0).log()
+            _apply_gradient(self.theta, self.estimator.estimate(asked.context, losses), self.step_rule,
+                            self.schedule)
 
     def state_dict(self):
         return {"estimator": self.estimator.state_dict(), "step_rule": self.step_rule.state_dict(),
@@ -66,40 +85,33 @@ class ZerothOrder(Search):
 
 
 class Autograd(Search):
-    """White-box: ``forward`` maps a (B, *source_shape) tensor to (B, C) logits with autograd.
-    The batch goes through in chunks of ``chunk_size`` examples whose gradients add up to the
-    batch's (every loss is a mean over examples): on a CPU, a batch of 32 EfficientNet-Lite0 images
-    trains at 22 examples/s in chunks of 6 against 14/s at once (benchmarks/results/overhead.md),
-    and in a third of the memory."""
+    """White-box: the exact gradient of the objective. The batch goes through in chunks of
+    ``chunk_size`` examples whose gradients add up to the batch's (every loss is a mean over
+    examples): on a CPU, a batch of 32 EfficientNet-Lite0 images trains at 22 examples/s in
+    chunks of 6 against 14/s at once (benchmarks/results/overhead.md), and in a third of the
+    memory."""
 
     kind = "whitebox"
+    exact = True
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], step_rule, schedule,
-                 scores: str = "logits", chunk_size: int = 256):
-        self.forward, self.step_rule, self.schedule = forward, step_rule, schedule
-        self.scores = scores                      # what forward returns: logits or probs
+    def __init__(self, theta: torch.Tensor, step_rule, schedule, chunk_size: int = 256):
+        self.theta, self.step_rule, self.schedule = theta, step_rule, schedule
         self.chunk_size = int(chunk_size)
 
-    def step(self, trainer, xb, yb):
-        trainer.ledger.spend(len(xb), "train")    # refused before the pass if over budget
-        started = time.perf_counter()
-        theta = trainer.theta
+    def descend(self, objective: Objective, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exact step on the batch; returns (its loss (1,), log-probs at θ (B, C))."""
         self.step_rule.zero_grad()
         loss, parts = torch.zeros(()), []
         for i in range(0, len(xb), self.chunk_size):
             x, y = xb[i:i + self.chunk_size], yb[i:i + self.chunk_size]
-            inputs = trainer.transform(theta[None], x)[0]                       # (b, *source_shape)
-            scores = self.forward(inputs)                                       # (b, C)
-            log_probs = (torch.log_softmax(scores, dim=-1) if self.scores == "logits"
-                         else scores.clamp_min(FLOOR).log())
-            chunk_loss = trainer.loss(trainer.label_map(log_probs), y) * (len(x) / len(xb))   # ()
+            chunk_loss, log_probs = objective(x, y)                                 # (), (b, C)
+            chunk_loss = chunk_loss * (len(x) / len(xb))
             chunk_loss.backward()                 # θ.grad accumulates over the chunks
             loss, parts = loss + chunk_loss.detach(), parts + [log_probs.detach()]
-        if torch.isfinite(theta.grad).all():
+        if torch.isfinite(self.theta.grad).all():
             self.step_rule.step()
             self.schedule.step()
-        trainer.ledger.tallies["train"].seconds += time.perf_counter() - started
-        return loss[None], torch.cat(parts)                                     # (1,), (B, C)
+        return loss[None], torch.cat(parts)                                         # (1,), (B, C)
 
     def state_dict(self):
         return {"step_rule": self.step_rule.state_dict(), "schedule": self.schedule.state_dict()}
@@ -116,9 +128,11 @@ class Evolution(Search):
     kind = "evolution"
     non_finite = "told as the worst finite loss + 1"
 
-    def __init__(self, optimizer: str, dim: int, *, popsize: int, sigma: float, seed: int, generations: int):
+    def __init__(self, theta: torch.Tensor, optimizer: str, *, popsize: int, sigma: float, seed: int,
+                 generations: int):
         import nevergrad as ng
 
+        self.theta, dim = theta, theta.numel()
         if optimizer not in ng.optimizers.registry:
             import difflib
             close = difflib.get_close_matches(optimizer, list(ng.optimizers.registry), n=3)
@@ -132,16 +146,16 @@ class Evolution(Search):
             parametrization=parametrization, budget=max(generations, 1) * popsize, num_workers=popsize)
         self.name, self.population = optimizer, int(popsize)
 
-    def step(self, trainer, xb, yb):
+    def ask(self) -> Asked:
         candidates = [self.optimizer.ask() for _ in range(self.population)]
         thetas = torch.as_tensor(np.stack([c.value for c in candidates]), dtype=torch.float32)  # (P, d)
-        log_probs = trainer.log_probs(thetas, xb, "train")                      # (P, B, C)
-        losses = trainer.loss(trainer.label_map(log_probs), yb)                 # (P,)
+        return Asked(thetas, candidates)
+
+    def tell(self, asked: Asked, losses: torch.Tensor) -> None:
         told = losses.double().numpy().copy()
         finite = np.isfinite(told)
         told[~finite] = (told[finite].max() + 1.0) if finite.any() else 1e6
-        for candidate, value in zip(candidates, told):
+        for candidate, value in zip(asked.context, told):
             self.optimizer.tell(candidate, float(value))
         with torch.no_grad():
-            trainer.theta.copy_(torch.as_tensor(self.optimizer.recommend().value, dtype=torch.float32))
-        return losses, log_probs.exp().mean(dim=0).log()
+            self.theta.copy_(torch.as_tensor(self.optimizer.recommend().value, dtype=torch.float32))

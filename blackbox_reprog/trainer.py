@@ -18,8 +18,8 @@ from .data import Dataset
 from .errors import Refusal
 from .label_maps import LabelMap, target_accuracy
 from .ledger import BudgetExceeded, Ledger
+from .outputs import FLOOR, source_log_probs
 from .search import Search
-from .outputs import source_log_probs
 from .transforms import Transform
 
 
@@ -49,7 +49,8 @@ class Trainer:
     eval_chunk = 256  # examples per evaluation call, to bound memory on large canvases
 
     def __init__(self, *, backend: Backend, transform: Transform, label_map: LabelMap, loss,
-                 make_search: Callable[["Trainer"], Search], train: Dataset, validation: Dataset,
+                 make_search: Callable[[torch.Tensor, Callable[[int], int]], Search], train: Dataset,
+                 validation: Dataset,
                  test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
                  eval_every: int = 10, refit_every: int = 0, seed: int = 0,
                  on_step: Callable[[dict], None] | None = None,
@@ -64,12 +65,12 @@ class Trainer:
         self.checkpoint_every = int(checkpoint_every)
         self.ledger = Ledger(backend, budget)
         self.theta = torch.zeros(transform.num_params, requires_grad=True)
-        self.generator = torch.Generator().manual_seed(self.seed)  # perturbations
         self.order_rng = np.random.default_rng(self.seed)          # batch order
         self.probe_cost = backend.capabilities.probe_examples   # a remote API is probed first
         self.map_cost = len(train) if label_map.needs_fit else 0
         self.validation_cost = len(validation)
-        self.search = make_search(self)
+        # the search moves θ; it learns how many steps the budget pays for a population of its size
+        self.search = make_search(self.theta, self.planned_steps)
         self.step_cost = self.search.population * self.batch_size
         # the smallest useful run: fit the map, validate the zero program, one step, validate it
         minimum = self.probe_cost + self.map_cost + self.step_cost + 2 * self.validation_cost
@@ -157,7 +158,7 @@ class Trainer:
                 index, self.stream = self.stream[: self.batch_size], self.stream[self.batch_size:]
                 xb, yb = x_train[index], y_train[index]                  # (B, ...), (B,)
 
-                losses, around = self.search.step(self, xb, yb)         # (P,), (B, C)
+                losses, around = self.step(xb, yb)                      # (P,), (B, C)
                 step += 1
                 row = {"step": step, "queries": self.ledger.spent, "loss": float(losses.mean())}
                 if not torch.isfinite(losses).all():
@@ -203,6 +204,34 @@ class Trainer:
             best_validation_accuracy=best["accuracy"], best_validation_loss=best["loss"],
             best_step=best["step"], steps=step, stopped=stopped,
             ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the search on a batch: (losses of the programs scored (P,), each example's
+        log-probabilities around θ (B, C), for refitting the map without another query)."""
+        if self.search.exact:
+            return self._descend(xb, yb)
+        asked = self.search.ask()
+        log_probs = self.log_probs(asked.thetas, xb, "train")                   # (P, B, C)
+        losses = self.loss(self.label_map(log_probs), yb)                       # (P,)
+        self.search.tell(asked, losses)
+        return losses, log_probs.exp().mean(dim=0).log()
+
+    def _descend(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A white-box step: one query per example, booked (and refused if over budget) first."""
+        self.ledger.spend(len(xb), "train")
+        started = time.perf_counter()
+        stepped = self.search.descend(self._objective, xb, yb)
+        self.ledger.add_seconds("train", time.perf_counter() - started)
+        return stepped
+
+    def _objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (b, ...), y (b,)) → (loss (), log-probs (b, C)), differentiable in θ through the
+        transform, the model's own forward pass and the map."""
+        inputs = self.transform(self.theta[None], x)[0]                          # (b, *source_shape)
+        scores = self.backend.forward_tensor(inputs)                             # (b, C)
+        log_probs = (torch.log_softmax(scores, dim=-1) if self.backend.output_kind == "logits"
+                     else scores.clamp_min(FLOOR).log())
+        return self.loss(self.label_map(log_probs), y), log_probs
 
     def _validate_after_retries(self, history: list[dict], best: dict) -> None:
         """Validate the last finished step (θ is its program: a step moves θ only after its

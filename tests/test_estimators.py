@@ -42,9 +42,9 @@ def test_mean_estimate_matches_true_gradient(kind, directions, smoothing, distri
     n = 3000
     total = torch.zeros(D)
     for _ in range(n):
-        thetas = est.propose(theta, gen)
-        assert thetas.shape == (est.population, D)
-        total += est.estimate(f(thetas))
+        proposal = est.propose(theta, gen)
+        assert proposal.thetas.shape == (est.population, D)
+        total += est.estimate(proposal, f(proposal.thetas))
     mean = total / n
     cosine = torch.nn.functional.cosine_similarity(mean, true_grad, dim=0)
     assert cosine > 0.98, f"{kind}: cosine {cosine:.3f}"
@@ -54,7 +54,8 @@ def test_mean_estimate_matches_true_gradient(kind, directions, smoothing, distri
 def test_coordinate_with_all_coordinates_is_exact_on_a_quadratic():
     f, true_grad, theta = quadratic()
     est = make_estimator("coordinate", D, directions=D, smoothing=1e-2)
-    g = est.estimate(f(est.propose(theta, torch.Generator().manual_seed(0))))
+    proposal = est.propose(theta, torch.Generator().manual_seed(0))
+    g = est.estimate(proposal, f(proposal.thetas))
     assert torch.allclose(g, true_grad, rtol=1e-2, atol=5e-2)   # float32 round-off only
 
 
@@ -62,7 +63,8 @@ def test_spsa_gc_adds_the_momentum_correction():
     f, true_grad, theta = quadratic()
     est = make_estimator("spsa-gc", D, directions=5, smoothing=1e-2)
     gen = torch.Generator().manual_seed(0)
-    first = est.estimate(f(est.propose(theta, gen)))
+    proposal = est.propose(theta, gen)
+    first = est.estimate(proposal, f(proposal.thetas))
     raw_first = first / (1 + est.beta)           # m₁ = ĝ₁, so direction = ĝ₁(1 + β)
     assert torch.allclose(est.momentum, raw_first)
     assert est.population == 10                  # R = 5 draws × 2 evaluations (BlackVIP)
@@ -75,7 +77,8 @@ def test_spsa_gc_divides_by_the_perturbation_size_it_used():
     gen = torch.Generator().manual_seed(0)
     theta = torch.zeros(1)
     for _ in range(3):                          # f(θ) = 3θ: in one dimension every draw gives 3 exactly
-        raw = est.estimate(3.0 * est.propose(theta, gen)[:, 0]) - est.beta * est.momentum
+        proposal = est.propose(theta, gen)
+        raw = est.estimate(proposal, 3.0 * proposal.thetas[:, 0]) - est.beta * est.momentum
         assert torch.allclose(raw, torch.tensor([3.0]), rtol=1e-5)
 
 
@@ -90,5 +93,16 @@ def test_same_seed_same_perturbations():
         a = make_estimator(kind, 16, directions=4, smoothing=0.01)
         b = make_estimator(kind, 16, directions=4, smoothing=0.01)
         theta = torch.zeros(16)
-        assert torch.equal(a.propose(theta, torch.Generator().manual_seed(7)),
-                           b.propose(theta, torch.Generator().manual_seed(7)))
+        assert torch.equal(a.propose(theta, torch.Generator().manual_seed(7)).thetas,
+                           b.propose(theta, torch.Generator().manual_seed(7)).thetas)
+
+
+def test_an_estimator_keeps_nothing_between_propose_and_estimate():
+    """Two proposals in flight at once are each estimated from their own directions."""
+    f, _, theta = quadratic()
+    est = make_estimator("antithetic", D, directions=2, smoothing=1e-2)
+    gen = torch.Generator().manual_seed(3)
+    first, second = est.propose(theta, gen), est.propose(theta, gen)
+    alone = make_estimator("antithetic", D, directions=2, smoothing=1e-2)
+    assert torch.equal(est.estimate(first, f(first.thetas)), alone.estimate(first, f(first.thetas)))
+    assert not torch.equal(first.directions, second.directions)

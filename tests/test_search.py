@@ -51,29 +51,16 @@ def test_evolution_is_reproducible_with_a_seed():
 
 
 def test_evolution_never_lets_a_non_finite_loss_become_the_recommendation():
-    class Stub:                                   # the trainer surface Evolution.step uses
-        theta = torch.zeros(4)
-        label_map = staticmethod(lambda lp: lp)
-
-        @staticmethod
-        def log_probs(thetas, xb, purpose):
-            return torch.zeros(len(thetas), 1, 2)
-
-        calls = 0
-
-        @classmethod
-        def loss(cls, logits, y):
-            cls.calls += 1
-            losses = torch.ones(len(logits))
-            if cls.calls == 1:
-                losses[0] = -torch.inf                # would be "best" forever
-                losses[1] = torch.nan
-            return losses
-
-    search = Evolution("DiagonalCMA", 4, popsize=4, sigma=1.0, seed=0, generations=5)
-    search.step(Stub, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    theta = torch.zeros(4)
+    search = Evolution(theta, "DiagonalCMA", popsize=4, sigma=1.0, seed=0, generations=5)
+    asked = search.ask()
+    assert asked.thetas.shape == (4, 4)
+    losses = torch.ones(4)
+    losses[0], losses[1] = -torch.inf, torch.nan          # −inf would be "best" forever
+    search.tell(asked, losses)
     best = search.optimizer.current_bests["pessimistic"].mean
     assert best == pytest.approx(1.0)          # −inf and NaN were told as worst + 1 = 2, never as the best
+    assert torch.equal(theta, torch.as_tensor(search.optimizer.recommend().value, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("name, dim, message", [
@@ -82,7 +69,7 @@ def test_evolution_never_lets_a_non_finite_loss_become_the_recommendation():
 ])
 def test_evolution_refuses_unknown_names_and_the_cma_trap(name, dim, message):
     with pytest.raises(ValueError, match=message):
-        Evolution(name, dim, popsize=8, sigma=0.5, seed=0, generations=3)
+        Evolution(torch.zeros(dim), name, popsize=8, sigma=0.5, seed=0, generations=3)
 
 
 def test_subspace_maps_a_small_theta_onto_the_program():
