@@ -89,6 +89,13 @@ class Capabilities:
     honours_idempotency: bool = False
     #: a ``DifferentiableBackend``: ``forward_tensor`` gives gradients (train.method = "whitebox")
     differentiable: bool = False
+    #: serves the zoo's models by name (``model = "crepe-tiny"``). A white-box run of a zoo model
+    #: configured through a backend without gradients is served by an installed backend that
+    #: declares both this and ``differentiable`` (``registry.zoo_backend_with_gradients``)
+    zoo_models: bool = False
+    #: the class's models are ONNX graphs that ``bbreprog export`` may copy into one file (read
+    #: with the class's ``onnx_graph(model)``); a run of any other backend is exported around the call
+    exports_graph: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.concurrency, int) and self.concurrency >= 1):
@@ -237,6 +244,12 @@ class Backend:
 
     def close(self) -> None:
         """Release sessions, connections, threads."""
+
+    @classmethod
+    def onnx_graph(cls, model: str):
+        """For a class that declares ``exports_graph``: the model a config names (``model``), as a
+        vetted ``onnx.ModelProto`` that ``bbreprog export`` copies whole into one file."""
+        raise NotImplementedError(f"{cls.__name__} does not declare its models ONNX graphs to export")
 
     def describe(self) -> dict:
         return {"backend": self.name, "model_id": self.model_id, "output_kind": self.output_kind,

@@ -47,12 +47,14 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
     if not (run_dir / "program.pt").is_file():
         raise Refusal(f"expected a finished run folder with program.pt, got {run_dir}")
     config = load_config(run_dir / "config.toml")
-    # decided before any backend is built: a remote one would be contacted for nothing
-    if config.backend.name != "onnx" or config.backend.output not in EXPORTABLE_OUTPUTS:
+    # decided before any backend is built, from what its class declares: a remote one would be
+    # contacted for nothing
+    source = _graph_source(config.backend.name)
+    if source is None or config.backend.output not in EXPORTABLE_OUTPUTS:
         return export_around_call(run_dir, config, out)
     program = load_program(run_dir)
     try:
-        model = _source_model(config.backend.model)
+        model = source.onnx_graph(config.backend.model)
         graph = compose(program, model)
     finally:
         program.backend.close()
@@ -187,16 +189,16 @@ class _AnswerHead(torch.nn.Module):
         return rest.scatter(1, first[:, :1], zero + (1.0 - LABEL_EPSILON)).log().float()
 
 
-def _source_model(model: str):
-    """The run's model as an ``onnx.ModelProto``: a zoo name (its verified cached file) or a path,
-    vetted by the onnx plugin before it is read in full."""
-    import onnx
-    from bbreprog_onnx import check_model_file
-
-    from . import zoo
-    path = zoo.model_path(model) if model in zoo.zoo_names() else Path(model).expanduser()
-    check_model_file(path)
-    return onnx.load(str(path))
+def _graph_source(name: str) -> type[Backend] | None:
+    """The class of backend ``name`` when it declares its models ONNX graphs to copy
+    (``capabilities.exports_graph``: the onnx plugin); None for any other, or for a plugin not
+    installed here (an export around the call needs none)."""
+    from .registry import UnknownBackend, backend_class
+    try:
+        cls = backend_class(name)
+    except UnknownBackend:
+        return None
+    return cls if cls.capabilities.exports_graph else None
 
 
 def compose(program, model):

@@ -6,7 +6,8 @@ A third party registers a backend with one line of its pyproject::
     mybackend = "my_package:MyBackend"
 
 The class is built with ``MyBackend.from_config(model, **options)``. Entry points are read
-once; a plugin that fails to import is reported, not fatal.
+once; a plugin that fails to import is reported, not fatal. What a plugin can do is read from
+its class's ``capabilities``: core names no plugin.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import difflib
 import functools
 from importlib.metadata import entry_points
 
-from .backend import Backend
+from .backend import Backend, Capabilities
 from .errors import Refusal
 
 GROUP = "blackbox_reprog.backends"
@@ -64,3 +65,28 @@ def create_backend(name: str, model: str, **options) -> Backend:
     except TypeError as error:               # an unknown or mistyped backend.options entry
         raise Refusal(f"expected backend.options that the {name} backend accepts, got "
                       f"{sorted(options)}: {error}") from None
+
+
+def declared(name: str) -> Capabilities | None:
+    """The capabilities the class of backend ``name`` declares; None when no installed plugin
+    of that name imports."""
+    try:
+        return backend_class(name).capabilities
+    except UnknownBackend:
+        return None
+
+
+def zoo_backend_with_gradients(name: str) -> str:
+    """The backend that serves a zoo model for a run that needs gradients, when the config
+    names backend ``name``: ``name`` itself unless it serves the zoo's models without gradients
+    (onnx), else the first installed backend, by name, declaring both ``zoo_models`` and
+    ``differentiable`` (torch): the same network from the same weights. ``name`` when there is
+    none (the white-box path then refuses it for want of gradients)."""
+    capabilities = declared(name)
+    if capabilities is None or capabilities.differentiable or not capabilities.zoo_models:
+        return name
+    for other in sorted(installed()):
+        found = declared(other)
+        if found is not None and found.zoo_models and found.differentiable:
+            return other
+    return name

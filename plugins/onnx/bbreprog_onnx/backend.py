@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blackbox_reprog.backend import Backend, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.backend import Backend, Capabilities, InputSpec, Prediction, checked_max_batch
 from blackbox_reprog.errors import Refusal
 
 from .safety import UnsafeModel, check_model_file, external_locations
@@ -63,6 +63,8 @@ class OnnxBackend(Backend):
     """Local ONNX model (onnxruntime; device cpu or cuda)."""
 
     name = "onnx"
+    #: zoo names are served; the model is an ONNX graph, which ``bbreprog export`` copies whole
+    capabilities = Capabilities(zoo_models=True, exports_graph=True)
 
     def __init__(self, model: str | Path, *, device: str = "cpu", max_batch: int | None = None,
                  threads: int = 0, output_kind: str | None = None,
@@ -114,6 +116,17 @@ class OnnxBackend(Backend):
                 raise Refusal(f"expected the CUDA execution provider for device 'cuda', got only: {', '.join(available)}")
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         raise Refusal(f"expected device 'cpu' or 'cuda', got {device!r}")
+
+    @classmethod
+    def onnx_graph(cls, model: str):
+        """The model a config names (a zoo name: its verified cached file; or a path) as an
+        ``onnx.ModelProto``, vetted by ``check_model_file`` before it is read in full."""
+        import onnx
+
+        from blackbox_reprog import zoo
+        path = zoo.model_path(model) if model in zoo.zoo_names() else Path(model).expanduser()
+        check_model_file(path)
+        return onnx.load(str(path))
 
     def _predict(self, x: np.ndarray) -> Prediction:
         scores = self.session.run(None, {self.input_name: x})[0]   # (b, C)

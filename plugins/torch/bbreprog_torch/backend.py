@@ -1,5 +1,7 @@
 """PyTorch models as backends. Unlike every other backend this one also offers gradients: a
 ``DifferentiableBackend``, whose ``forward_tensor`` the white-box reference path trains through.
+It serves the zoo's models by name too, so it stands in for a zoo model configured through ONNX
+when a run asks for gradients.
 
 Weights are only ever read with ``torch.load(..., weights_only=True)`` (inside the zoo); a
 user's own model comes in as an ``nn.Module`` object or a "module:factory" that returns one.
@@ -15,7 +17,8 @@ import sys
 import numpy as np
 import torch
 
-from blackbox_reprog.backend import DifferentiableBackend, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.backend import (Capabilities, DifferentiableBackend, InputSpec, Prediction,
+                                     checked_max_batch)
 from blackbox_reprog.errors import Refusal
 
 
@@ -45,6 +48,7 @@ class TorchBackend(DifferentiableBackend):
     """PyTorch model (zoo name, nn.Module or "module:factory"; cpu or cuda; gradients for white-box)."""
 
     name = "torch"
+    capabilities = Capabilities(differentiable=True, zoo_models=True)
 
     def __init__(self, model, *, device: str = "cpu", max_batch: int | None = None,
                  input_shape=None, num_classes: int | None = None,
