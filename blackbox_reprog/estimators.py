@@ -59,12 +59,6 @@ class Estimator:
             u = u / u.norm(dim=1, keepdim=True)
         return u
 
-    def state_dict(self) -> dict:
-        return {"step_count": self.step_count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step_count"]
-
 
 class RandomDirection(Estimator):
     """One-sided: ĝ = (φ/q) Σ_j [f(θ + μu_j) − f(θ)]/μ · u_j, sharing the base evaluation f(θ).
@@ -194,13 +188,6 @@ class SPSAGC(SPSA):
         g = super().estimate(proposal, losses)
         self.momentum = self.beta * self.momentum + g
         return g + self.beta * self.momentum
-
-    def state_dict(self):
-        return {**super().state_dict(), "momentum": self.momentum.clone()}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.momentum = state["momentum"].clone()
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {

@@ -142,10 +142,3 @@ class Ledger:
         out["budgeted"] = self.spent
         out["budget"] = self.budget
         return out
-
-    def state_dict(self) -> dict:
-        return {p: t.as_dict() for p, t in self.tallies.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for purpose, values in state.items():
-            self.tallies[purpose] = Tally(**{"retried": 0, "stored": 0, **values})

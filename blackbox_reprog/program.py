@@ -13,7 +13,7 @@ from .config import RunConfig, load_config
 from .errors import Refusal
 from .label_maps import LabelMap, target_accuracy
 from .ledger import Ledger
-from .outputs import source_log_probs
+from .querying import CHUNK, examples_log_probs
 from .registry import create_backend
 from .transforms import Transform
 
@@ -26,7 +26,7 @@ class Program:
     label_map: LabelMap
     theta: torch.Tensor
     classes: list[str]
-    chunk: int = 256
+    chunk: int = CHUNK
 
     def target_logits(self, x: np.ndarray, ledger: Ledger, purpose: str) -> torch.Tensor:
         """(N, ...) targets → (N, K) target-class logits, in calls of at most ``chunk``."""
@@ -34,13 +34,7 @@ class Program:
 
     def source_log_probs(self, x: np.ndarray, ledger: Ledger, purpose: str) -> torch.Tensor:
         """(N, ...) targets → (N, C) the model's log-probabilities at θ, in calls of at most ``chunk``."""
-        parts = []
-        for i in range(0, len(x), self.chunk):
-            with torch.no_grad():
-                inputs = self.transform(self.theta[None], torch.as_tensor(x[i:i + self.chunk]))[0]
-            prediction = ledger.query(inputs.numpy().astype(self.backend.input_spec.dtype), purpose)
-            parts.append(source_log_probs(prediction))
-        return torch.cat(parts)
+        return examples_log_probs(self.transform, self.theta, x, ledger, purpose, self.chunk)
 
     def evaluate(self, data_name: str | None = None) -> dict:
         splits = data_module.make_splits(data_name or self.config.data.name,

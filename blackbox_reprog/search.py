@@ -51,9 +51,6 @@ class Search:
         """Their losses (P,): θ moves."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
-        return {}
-
 
 def _apply_gradient(theta: torch.Tensor, gradient: torch.Tensor, step_rule, schedule) -> None:
     step_rule.zero_grad()
@@ -78,10 +75,6 @@ class ZerothOrder(Search):
         if torch.isfinite(losses).all():          # never feed NaN/inf to a step rule
             _apply_gradient(self.theta, self.estimator.estimate(asked.context, losses), self.step_rule,
                             self.schedule)
-
-    def state_dict(self):
-        return {"estimator": self.estimator.state_dict(), "step_rule": self.step_rule.state_dict(),
-                "schedule": self.schedule.state_dict(), "generator": self.generator.get_state()}
 
 
 class Autograd(Search):
@@ -112,9 +105,6 @@ class Autograd(Search):
             self.step_rule.step()
             self.schedule.step()
         return loss[None], torch.cat(parts)                                         # (1,), (B, C)
-
-    def state_dict(self):
-        return {"step_rule": self.step_rule.state_dict(), "schedule": self.schedule.state_dict()}
 
 
 class Evolution(Search):

@@ -18,7 +18,8 @@ from .data import Dataset
 from .errors import Refusal
 from .label_maps import LabelMap, target_accuracy
 from .ledger import BudgetExceeded, Ledger
-from .outputs import FLOOR, source_log_probs
+from .outputs import FLOOR
+from .querying import examples_log_probs, programs_log_probs
 from .search import Search
 from .transforms import Transform
 
@@ -45,8 +46,6 @@ class TrainingResult:
 
 class Trainer:
     """Holds the components of one run; ``fit`` trains and returns a TrainingResult."""
-
-    eval_chunk = 256  # examples per evaluation call, to bound memory on large canvases
 
     def __init__(self, *, backend: Backend, transform: Transform, label_map: LabelMap, loss,
                  make_search: Callable[[torch.Tensor, Callable[[int], int]], Search], train: Dataset,
@@ -101,18 +100,11 @@ class Trainer:
     # ---- queries -------------------------------------------------------------------------
     def log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
         """thetas (P, d), x (B, ...) → (P, B, C) source log-probabilities, one batched call."""
-        with torch.no_grad():
-            inputs = self.transform(thetas, x)                       # (P, B, *source_shape)
-        flat = inputs.reshape(-1, *inputs.shape[2:]).numpy().astype(self.backend.input_spec.dtype)
-        prediction = self.ledger.query(flat, purpose)
-        return source_log_probs(prediction).view(len(thetas), len(x), -1)
+        return programs_log_probs(self.transform, thetas, x, self.ledger, purpose)
 
     def _dataset_log_probs(self, theta: torch.Tensor, data: Dataset, purpose: str) -> torch.Tensor:
         """(N, C) source log-probabilities of a whole split under one program."""
-        x = torch.as_tensor(data.x)
-        parts = [self.log_probs(theta.detach()[None], x[i:i + self.eval_chunk], purpose)[0]
-                 for i in range(0, len(x), self.eval_chunk)]
-        return torch.cat(parts)
+        return examples_log_probs(self.transform, theta, data.x, self.ledger, purpose)
 
     def accuracy(self, theta: torch.Tensor, data: Dataset, purpose: str) -> float:
         logits = self.label_map(self._dataset_log_probs(theta, data, purpose))
@@ -178,7 +170,7 @@ class Trainer:
                 if self.on_step:
                     self.on_step(row)
                 if self.on_checkpoint and self.checkpoint_every and step % self.checkpoint_every == 0:
-                    self.on_checkpoint(self.state_dict(step, best))
+                    self.on_checkpoint(self.checkpoint(step))
             stopped = "max_steps" if self.max_steps and step >= self.max_steps else "budget"
         except BudgetExceeded:
             # retries of a remote backend took what the next step needed; the last finished
@@ -188,7 +180,7 @@ class Trainer:
                 self._validate_after_retries(history, best)
         except BaseException:
             if self.on_checkpoint:        # keep what was paid for: the run can be resumed
-                self.on_checkpoint(self.state_dict(step, best))
+                self.on_checkpoint(self.checkpoint(step))
             raise
 
         # The test split is touched only now: the zero program with the map as first fitted
@@ -269,10 +261,7 @@ class Trainer:
                         map=self.label_map.state_dict(), step=step)
         return loss, accuracy
 
-    def state_dict(self, step: int, best: dict) -> dict:
-        return {"step": step, "theta": self.theta.detach().clone(),
-                "search": self.search.state_dict(), "label_map": self.label_map.state_dict(),
-                "best_theta": best["theta"], "best_loss": best["loss"], "best_accuracy": best["accuracy"],
-                "best_step": best["step"],
-                "ledger": self.ledger.state_dict(),
-                "rng": {"batch_order": self.order_rng.bit_generator.state, "stream": list(self.stream)}}
+    def checkpoint(self, step: int) -> dict:
+        """What a resumed run checks its replay against: the step and θ after it. A resume
+        replays the run from its seed and journal, so nothing else needs saving."""
+        return {"step": step, "theta": self.theta.detach().clone()}
