@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from . import v2
 from .backend import Backend, InputError, Prediction
 from .degrade import degrade
 from .errors import Refusal
@@ -37,7 +38,6 @@ from .errors import Refusal
 HOST = "127.0.0.1"
 FAULTS = ("429", "500", "timeout", "malformed")
 MAX_BODY = 1 << 30                                   # bytes; a bigger body is refused unread
-_V2_DATATYPES = {"FP16": "float16", "FP32": "float32", "FP64": "float64"}
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110)
 
@@ -419,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _v2_metadata(self, body: bytes) -> None:
         server, backend = self.model_server, self.model_server.backend
         spec = backend.input_spec
-        datatype = {v: k for k, v in _V2_DATATYPES.items()}.get(spec.dtype, spec.dtype.upper())
+        datatype = v2.DATATYPES.get(spec.dtype, spec.dtype.upper())
         low, high = (v if math.isfinite(v) else None for v in spec.value_range)
         self._reply(200, {
             "name": server.name, "versions": ["1"], "platform": "blackbox-reprog",

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_reprog import v2
 from blackbox_reprog.backend import Prediction
 from blackbox_reprog.errors import Refusal
 
@@ -29,10 +30,7 @@ from .transport import ResponseError
 #: a few digits); each value must lie in [-tol, 1 + tol]
 PROBABILITY_TOLERANCE = 1e-3
 
-V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64",
-                "int32": "INT32", "uint8": "UINT8", "int8": "INT8"}
-V2_NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
-                        "UINT32", "UINT64", "BOOL"})
+V2_DATATYPES, V2_NUMERIC = v2.DATATYPES, v2.NUMERIC        # one table, shared with bbreprog serve
 
 
 class Contract:
