@@ -249,7 +249,7 @@ def load_config(path: str | Path | None = None, *, base: dict | None = None,
             loaded = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-        for key, value in _flatten(loaded):
+        for key, value in flatten(loaded):
             values = merge(values, key, value)
     for text in overrides:
         key, value = parse_override(text)
@@ -262,10 +262,10 @@ def load_config(path: str | Path | None = None, *, base: dict | None = None,
     return config
 
 
-def _flatten(table: dict, prefix: tuple = ()):
+def flatten(table: dict, prefix: tuple = ()):
     for key, value in table.items():
         if isinstance(value, dict) and key != "options":
-            yield from _flatten(value, prefix + (key,))
+            yield from flatten(value, prefix + (key,))
         else:
             yield list(prefix + (key,)), value
 
