@@ -227,7 +227,8 @@ class Trainer:
 
     def _validate_after_retries(self, history: list[dict], best: dict) -> None:
         """Validate the last finished step (θ is its program: a step moves θ only after its
-        answers arrived) and report it as a row of its own."""
+        answers arrived) and report it as a row of its own. When the retries that ended the
+        run were a validation's own, what is left cannot pay for another: nothing is sent."""
         last = history[-1]
         try:
             validated = self._validate(last["step"], best)
