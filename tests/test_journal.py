@@ -173,6 +173,20 @@ def test_resume_refuses_a_damaged_journal_in_one_line_exit_2_before_any_query(fi
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "config.toml", JOURNAL]
 
 
+def test_a_journal_with_an_unknown_record_is_refused_in_one_line_without_a_progress_bar(finished, tmp_path):
+    """Without --quiet: the bar is drawn at the first step, so a journal refused while the run
+    starts leaves one line on stderr, not a bar's line before it."""
+    lines = finished["journal"].splitlines(keepends=True)
+    lines.insert(3, b'{"kind":"refund","key":"' + b"c" * 64 + b'"}\n')
+    folder = interrupted_copy(finished, tmp_path / "run", b"".join(lines))
+    reset_calls()
+    result = CliRunner().invoke(main, ["resume", str(folder)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: expected an intent, retry, result or failed record on line 4 of ")
+    assert result.stderr.count("\n") == 1 and "%|" not in result.stderr
+    assert CALLS["examples"] == 0
+
+
 # ---- property tests -------------------------------------------------------------------------
 hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 records = st.one_of(
