@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_reprog import v2
 from blackbox_reprog.backend import Prediction
 from blackbox_reprog.errors import Refusal
+from blackbox_reprog.serve import v2
 
 from .paths import require_path, require_segment
 from .transport import ResponseError

@@ -1,5 +1,6 @@
 """The Open Inference Protocol's (KServe V2) tensor datatypes: one table, shared by the
-metered server (``serve``) and the http plugin's client, so the two cannot drift apart."""
+metered server's wire format (``wire``) and the http plugin's client, so the two cannot drift
+apart."""
 from __future__ import annotations
 
 #: numpy dtype name → V2 datatype, for the dtypes a model input may have
