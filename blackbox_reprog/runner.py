@@ -21,7 +21,8 @@ from .config import ConfigError, RunConfig, to_toml, with_absolute_paths
 from .degrade import degrade
 from .estimators import make_estimator
 from .files import atomic_write
-from .journal import ANSWERS, JOURNAL, AnswerStore, Journal, JournalError, Recorder
+from .answers import AnswerStore
+from .journal import ANSWERS, JOURNAL, Journal, JournalError, Recorder
 from .label_maps import make_label_map
 from .losses import make_loss
 from .registry import create_backend

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from blackbox_reprog.answers import AnswerStore
 from blackbox_reprog.backend import OUTPUT_KINDS, CallableBackend, Capabilities, Prediction
 from blackbox_reprog.cli import main
 from blackbox_reprog.config import load_config
-from blackbox_reprog.journal import JOURNAL, AnswerStore, Journal, JournalError, query_key, read_journal
+from blackbox_reprog.journal import JOURNAL, Journal, JournalError, query_key, read_journal
 from blackbox_reprog.runner import Run
 from tests.models import CALLS, reset_calls, signal_model
 
@@ -375,7 +376,7 @@ def test_the_query_key_tells_apart_model_dtype_shape_and_bytes(x, model, other, 
 def test_identical_calls_in_one_batch_are_bought_once(tmp_path):
     """Two chunks with the same bytes: one intent, one result, one model call; the ledger
     books both (the repeat as answered from the store)."""
-    from blackbox_reprog.journal import AnswerStore, Journal, Recorder
+    from blackbox_reprog.journal import Journal, Recorder
     from blackbox_reprog.ledger import Ledger
     backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32, max_batch=2)
     recorder = Recorder(backend, Journal(tmp_path / "journal.jsonl"), AnswerStore(tmp_path / "answers"))
