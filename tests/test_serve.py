@@ -144,7 +144,7 @@ def test_a_key_is_required_and_refusals_are_not_billed(header, sent):
         x = batch(2)
         for headers in ({}, sent("wrong-key"), {"Authorization": KEY}, {"X-Other": KEY}):
             status, _, raw = infer(server, "v2", x, headers=headers)
-            assert status == 401 and json.loads(raw) == {"error": "missing or wrong API key"}
+            assert status == 401 and json.loads(raw) == {"error": "expected the API key, got a missing or wrong one"}
         assert call(server.url, "/billing")[0] == 401
         assert infer(server, "tf", x, headers=sent(KEY))[0] == 200
         status, _, raw = call(server.url, "/billing", headers=sent(KEY))

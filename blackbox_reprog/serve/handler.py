@@ -83,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body() if method == "POST" else b""
             if not self.model_server.meter.authorized(self.headers):
-                raise Refused(401, "missing or wrong API key")
+                raise Refused(401, "expected the API key, got a missing or wrong one")
             path = unquote(urlsplit(self.path).path).rstrip("/") or "/"
             handler, groups = self._route(method, path)
             if "name" in groups:
@@ -214,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.dumps(encode(server.backend.query(x))).encode()
         except Exception as error:                 # the model itself failed: still billed
-            raise Refused(500, f"the model failed: {type(error).__name__}: {error}") from None
+            raise Refused(500, f"expected an answer from the model, got {type(error).__name__}: {error}") from None
         if fault == "malformed":
             self._reply(200, body[:len(body) // 2])
             return

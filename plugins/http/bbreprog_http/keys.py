@@ -63,4 +63,4 @@ class ApiKey:
     __str__ = __repr__
 
     def __reduce__(self):                      # a key must never be pickled into a checkpoint
-        raise TypeError("an ApiKey cannot be pickled")
+        raise TypeError("expected no API key in what is pickled, got an ApiKey, which cannot be pickled")
