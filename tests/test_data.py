@@ -195,8 +195,9 @@ def test_missing_file():
 
 
 def test_unsupported_suffix(tmp_path):
-    with pytest.raises(DataError, match=r"\.npz, \.ts or \.txt file"):
-        load(str(write(tmp_path / "d.csv", "1,2\n")))
+    with pytest.raises(DataError) as error:
+        load(str(write(tmp_path / "d.xlsx", "1,2\n")))
+    assert str(error.value) == "expected a .npz, .ts, .csv, .tsv or .txt file or an image folder, got 'd.xlsx'"
 
 
 @pytest.mark.parametrize("rows, header, message", [
@@ -214,17 +215,18 @@ def test_malformed_ts(tmp_path, rows, header, message):
         load(str(ts_file(tmp_path / "bad.ts", rows, header)))
 
 
-def test_malformed_txt(tmp_path):
-    with pytest.raises(DataError, match="rows of numbers"):
+def test_a_short_txt_row_is_named_by_its_row_and_column_from_1(tmp_path):
+    with pytest.raises(DataError) as error:
         load(str(write(tmp_path / "bad.txt", "1 2 3\n1 2\n")))
+    assert str(error.value) == ("expected a value in row 2, column 3 of bad.txt (row 1 has 3 columns), "
+                                "got the end of the row")
 
 
-def test_an_unparsable_txt_is_one_sentence_without_a_final_period(tmp_path):
-    """numpy's own reason ends with a full stop; the message keeps the reason, not the stop."""
+def test_a_word_among_the_values_of_the_first_txt_row_is_refused_not_taken_for_a_header(tmp_path):
+    """Rows and columns count from 1 (numpy's own message counted from 0 and ended with a stop)."""
     with pytest.raises(DataError) as error:
         load(str(write(tmp_path / "bad.txt", "1 x 3\n1 2 3\n")))
-    assert str(error.value) == ("expected rows of numbers (label first) in bad.txt, got one that fails to parse "
-                                "(could not convert string 'x' to float64 at row 0, column 2)")
+    assert str(error.value) == "expected a number in row 1, column 2 of bad.txt, got 'x'"
 
 
 def test_single_class(tmp_path):
@@ -251,9 +253,13 @@ def test_test_length_differs_from_train(tmp_path):
     (dict(x=np.array([[1.0, np.inf], [1.0, 2.0]]), y=[0, 1]), "finite values"),
     (dict(x=np.zeros((3, 2)), y=[0, 1]), r"y of shape \(3,\) to match x"),
     (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "at least one non-empty example"),
-    (dict(x=np.zeros((2, 2, 2)), y=[0, 1]), r"shape \(N, L\) or \(N, C, H, W\)"),
+    (dict(x=np.zeros((2, 2, 2)), y=[0, 1]), r"shape \(N, L\) or \(N, C, H, W\) in bad.npz, got float64 of shape "
+                                            r"\(2, 2, 2\) \(a 3-D x is read as \(N, 1, L\) series, or as \(N, H, W\) "
+                                            r"grey images when H and W are at least 8\)$"),
+    (dict(x=np.zeros((2, 8, 7)), y=[0, 1]), r"got float64 of shape \(2, 8, 7\)"),
     (dict(x=np.full((2, 1, 2, 2), 3.0), y=[0, 1]), r"image values in \[0, 1\]"),
-    (dict(inputs=np.zeros((2, 2)), y=[0, 1]), r"expected keys x, y .* got \['inputs', 'y'\]"),
+    (dict(inputs=np.zeros((2, 2)), y=[0, 1]), r"expected keys x, y or x_train, y_train, x_test, y_test \(or "
+                                               r"scikit-learn's X, X_train, X_test\) in bad.npz, got \['inputs', 'y'\]"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -236,7 +236,7 @@ def test_predict_reads_images_up_to_the_pixel_limit(tmp_path, width, refused):
     ("inf.npz", lambda p: np.savez(p, x=np.zeros((6, 4)), y=[np.inf, 1, 0, 1, 0, 1]),
      "expected a finite number as every label in the training set of 'inf', got 'inf' in row 1"),
     ("Gap_TRAIN.txt", lambda p: p.write_text("1 0.1 0.2\nNaN 0.3 0.4\n2 0.5 0.6\n"),
-     "expected a finite number as every label in the training set of 'Gap', got 'nan' in row 2"),
+     "expected a finite number as the label in row 2, column 1 of Gap_TRAIN.txt, got 'NaN'"),
     ("labels.ts", lambda p: p.write_text("@classLabel true 1 2\n@data\n1,2:1\n3,4:2\n5,6:NaN\n"),
      "expected a finite number as every label in the training set of 'labels', got 'NaN' in row 3"),
     ("split.npz", lambda p: np.savez(p, x_train=np.zeros((4, 2)), y_train=[0, 1, 0, 1],
