@@ -229,11 +229,14 @@ def evaluate(run_dir, data_name):
               help="Write the predictions to this .csv or .json file instead of stdout.")
 def predict(run_dir, inputs, output):
     """Predict target labels for INPUTS: a dataset name or path (its test split), an .npz
-    (x_test or x) or .npy array, a .csv or .txt file of series (one per line), or image files
-    (or a folder of them). One query per input, counted under 'test', outside the budget."""
+    (x_test or x) or .npy array, a .csv, .tsv or .txt file of series (one per line), or image
+    files (or a folder of them, or of class folders). Labelled inputs (a file whose rows hold
+    the label first, class folders named after the run's classes) are scored too: accuracy
+    against their labels, and a true_label column. One query per input, counted under 'test',
+    outside the budget."""
     from .backend import BackendUnavailable
     from .predict import predict as predict_inputs
-    from .predict import read_inputs
+    from .predict import read_labelled_inputs
     from .program import load_program
     if output and Path(output).suffix.lower() not in (".csv", ".json"):
         _fail(f"expected --output ending in .csv or .json, got {Path(output).name}")
@@ -242,8 +245,10 @@ def predict(run_dir, inputs, output):
     except Refusal as error:
         _fail(str(error))
     try:
-        x, names = read_inputs(inputs, program.transform.target_shape)
-        result = predict_inputs(program, x, names)      # every input checked before the first query
+        # data.length, once the config has it: the run's series were resampled, so inputs are too
+        resampled = bool(getattr(program.config.data, "length", 0))
+        found = read_labelled_inputs(inputs, program.transform.target_shape, program.classes, resampled)
+        result = predict_inputs(program, found.x, found.names, found.labels)  # all checked before the first query
     except Refusal as error:
         _fail(str(error))
     except BackendUnavailable as error:
@@ -256,6 +261,9 @@ def predict(run_dir, inputs, output):
     spent = f"{result.queries:,} queries spent"
     if result.retried:
         spent += f", and {result.retried:,} sent again after failures"
+    if result.true_labels is not None:
+        spent += (f"; accuracy {result.accuracy:.3f} ({result.correct:,} of {len(result.labels):,}) against "
+                  "the inputs' labels")
     if not output:
         click.echo(_predictions_csv(result), nl=False)
         click.echo(spent, err=True)          # stderr: stdout stays a plain CSV
@@ -267,13 +275,17 @@ def predict(run_dir, inputs, output):
 
 
 def _predictions_csv(result) -> str:
-    """input,label,score: one row per input (its index or file name), the score of its label."""
+    """input,label,score: one row per input (its index or file path), the score of its label;
+    then true_label, the input's own label, when the inputs were labelled."""
     import csv
     import io
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["input", "label", "score"])
-    writer.writerows(zip(result.names, result.labels, (f"{s:.7g}" for s in result.score.tolist())))
+    columns = [result.names, result.labels, [f"{s:.7g}" for s in result.score.tolist()]]
+    if result.true_labels is not None:
+        columns.append(result.true_labels)
+    writer.writerow(["input", "label", "score", "true_label"][:len(columns)])
+    writer.writerows(zip(*columns))
     return buffer.getvalue()
 
 
@@ -281,8 +293,13 @@ def _predictions_json(result, run_dir: str) -> str:
     rows = [{"input": name, "label": label, "score": score, "scores": scores}
             for name, label, score, scores in zip(result.names, result.labels, result.score.tolist(),
                                                   result.scores.tolist())]
-    return json.dumps({"run": str(run_dir), "classes": result.classes, "queries": result.queries,
-                       "retried": result.retried, "predictions": rows}, indent=2) + "\n"
+    report = {"run": str(run_dir), "classes": result.classes, "queries": result.queries,
+              "retried": result.retried}
+    if result.true_labels is not None:          # labelled inputs: each row's own label, and the score
+        for row, true_label in zip(rows, result.true_labels):
+            row["true_label"] = true_label
+        report.update(accuracy=result.accuracy, correct=result.correct)
+    return json.dumps({**report, "predictions": rows}, indent=2) + "\n"
 
 
 @main.command()
