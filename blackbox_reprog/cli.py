@@ -229,11 +229,8 @@ def evaluate(run_dir, data_name):
               help="Write the predictions to this .csv or .json file instead of stdout.")
 def predict(run_dir, inputs, output):
     """Predict target labels for INPUTS: a dataset name or path (its test split), an .npz
-    (x_test or x) or .npy array, a .csv, .tsv or .txt file of series (one per line), or image
-    files (or a folder of them, or of class folders). Labelled inputs (a file whose rows hold
-    the label first, class folders named after the run's classes) are scored too: accuracy
-    against their labels, and a true_label column. One query per input, counted under 'test',
-    outside the budget."""
+    (x_test or x) or .npy array, a .csv or .txt file of series (one per line), or image files
+    (or a folder of them). One query per input, counted under 'test', outside the budget."""
     from .backend import BackendUnavailable
     from .predict import predict as predict_inputs
     from .predict import read_labelled_inputs
