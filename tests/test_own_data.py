@@ -273,3 +273,17 @@ def test_predict_reads_every_image_of_a_class_folder_named_by_its_path(tmp_path)
     np.testing.assert_allclose(found.x[:, 0, 0, 0], np.array([0, 40, 80, 200, 240]) / 255)
     other = read_labelled_inputs([root], (1, 6, 5), ["bird", "cat"])       # not all the run's classes: no labels
     assert other.labels is None and other.x.shape == (5, 1, 6, 5) and other.names == found.names
+
+
+def test_inputs_of_a_resampled_run_are_resampled_too(tmp_path):
+    """A run trained with data.length: any length of series is read, resampled to the program's."""
+    x = np.linspace(0, 1, 48)[None].repeat(3, axis=0)                        # (3, 48)
+    write_csv(tmp_path / "long.csv", x, ["low", "high", "low"])
+    found = read_labelled_inputs([tmp_path / "long.csv"], (24,), ["high", "low"], resampled=True)
+    assert found.labels == ["low", "high", "low"] and found.x.shape == (3, 24)
+    np.testing.assert_allclose(found.x, resample(x, 24), rtol=1e-6)
+    np.save(tmp_path / "long.npy", x)
+    found = read_labelled_inputs([tmp_path / "long.npy"], (24,), ["high", "low"], resampled=True)
+    assert found.labels is None and found.x.shape == (3, 24)
+    found = read_labelled_inputs([tmp_path / "long.npy"], (24,), ["high", "low"])           # a run that did not
+    assert found.x.shape == (3, 48)
