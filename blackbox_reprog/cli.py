@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, load_config, load_run_config
 from .errors import Refusal
 
 DEMO = {
@@ -185,7 +185,7 @@ def resume(run_dir, quiet):
     if not (folder / "config.toml").is_file():
         _fail(f"expected a run folder holding config.toml, got {folder}")
     try:
-        config = load_config(folder / "config.toml")
+        config = load_run_config(folder)
     except ConfigError as error:
         _fail(str(error))
     if (folder / "result.json").is_file():

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .components import ComponentError, Family, Section, coerce
 from .errors import Refusal
+from .estimators import ESTIMATORS
+from .label_maps import LABEL_MAPS
+from .losses import LOSSES
+from .step_rules import STEP_RULES
+from .transforms import TRANSFORMS
 
 
 class ConfigError(Refusal):
@@ -35,51 +41,15 @@ class DataConfig:
     test_fraction: float = 0.3      # only for datasets without their own test split
 
 
-@dataclass(frozen=True)
-class TransformConfig:
-    kind: str = "signal"            # signal | frame | additive
-    grid: int = 0                   # control points (signal) / grid side (images); 0 = full
-    scale: float = 1.0              # signal: program amplitude per unit θ
-    inner: int = 0                  # frame: side of the resized target (0 = half the canvas)
-    epsilon: float = 0.5            # additive: bound of the perturbation
-    subspace: int = 0               # search θ = A·z in a random k-dim subspace (BBT); 0 = off
+#: config sections naming a component: ``kind`` plus that kind's parameters (components.py)
+FAMILIES: dict[str, Family] = {"transform": TRANSFORMS, "label_map": LABEL_MAPS, "loss": LOSSES,
+                               "estimator": ESTIMATORS, "optimizer": STEP_RULES}
+DEFAULT_KINDS = {"transform": "signal", "label_map": "frequency", "loss": "ce", "estimator": "random",
+                 "optimizer": "adam"}
 
 
-@dataclass(frozen=True)
-class LabelMapConfig:
-    kind: str = "frequency"         # random | frequency | iterative | linear
-    per_class: int = 1              # source labels per target class (many-to-one maps)
-    l2: float = 1e-3                # linear head penalty
-    refit: bool = False             # linear head: refit as training goes (the other maps that refit always do)
-    refit_every: int = 0            # steps between refits, on each example's latest answers; 0 = once an epoch
-    blm_lambda: float = 1.0         # blm / blm+: smoothing λ of ω = C / (ΣC + λ)
-    blm_topk: int = 0               # blm+: top-k source probabilities summed (0: max(1, ⌊0.15·K⌋), the authors' rule)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    kind: str = "ce"                # ce | focal | margin | zero-one
-    gamma: float = 2.0              # focal
-    margin: float = 1.0             # margin (multi-class hinge)
-
-
-@dataclass(frozen=True)
-class EstimatorConfig:
-    kind: str = "random"            # random | antithetic | coordinate | spsa | spsa-gc
-    directions: int = 10            # q
-    smoothing: float = 0.005        # μ (random, antithetic, coordinate) or c (SPSA)
-    distribution: str = "gaussian"  # gaussian | sphere
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    kind: str = "adam"              # sgd | adam | adamm | signsgd
-    lr: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "constant"      # constant | exp | poly | cosine
-    decay: float = 0.96             # exp schedule factor per step
-    power: float = 0.4              # poly schedule exponent α
-    offset: float = 1.0             # poly schedule offset o
+def _default(section: str):
+    return field(default_factory=lambda: FAMILIES[section].section_of(DEFAULT_KINDS[section]))
 
 
 @dataclass(frozen=True)
@@ -109,16 +79,21 @@ class RunConfig:
     name: str = ""                  # run folder name; default <data>-<method>-s<seed>
     backend: BackendConfig = BackendConfig()
     data: DataConfig = DataConfig()
-    transform: TransformConfig = TransformConfig()
-    label_map: LabelMapConfig = LabelMapConfig()
-    loss: LossConfig = LossConfig()
-    estimator: EstimatorConfig = EstimatorConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
+    transform: Section = _default("transform")
+    label_map: Section = _default("label_map")
+    loss: Section = _default("loss")
+    estimator: Section = _default("estimator")
+    optimizer: Section = _default("optimizer")
     evolution: EvolutionConfig = EvolutionConfig()
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = (value.as_dict() if isinstance(value, Section) else
+                              dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        return values
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -131,16 +106,22 @@ def _unknown(key: str, known: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}" + hint)
 
 
-def _build(cls, values: dict, where: str = ""):
-    """Nested dict → frozen dataclass, checking keys and scalar types."""
+def _build(cls, values: dict, where: str = "", carried: dict | None = None):
+    """Nested dict → frozen dataclass, checking keys and scalar types. ``carried``: per
+    component section, parameters set for another kind (dropped where this kind lacks them)."""
     fields = _fields(cls)
     kwargs = {}
+    values = {**{section: {} for section, params in (carried or {}).items() if params}, **values}
     for key, value in values.items():
         if key not in fields:
             raise _unknown(key, list(fields), where)
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
+        if isinstance(default, Section):
+            if not isinstance(value, dict):
+                raise ConfigError(f"expected a table for {where}{key}, got {value!r}")
+            kwargs[key] = _section(key, value, (carried or {}).get(key, {}))
+        elif dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"expected a table for {where}{key}, got {value!r}")
             kwargs[key] = _build(type(default), value, f"{where}{key}.")
@@ -150,20 +131,26 @@ def _build(cls, values: dict, where: str = ""):
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false for {key}, got {value!r}")
-        return value
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"expected an integer for {key}, got {value!r}")
-        return int(value)
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, type(value)):
-        return value
-    kind = {"int": "an integer", "float": "a number", "str": "a string", "dict": "a table"}.get(type(default).__name__, type(default).__name__)
-    raise ConfigError(f"expected {kind} for {key}, got {value!r}")
+    try:
+        return coerce(value, default, key)
+    except ComponentError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _section(name: str, values: dict, carried: dict) -> Section:
+    """A component section: its kind's parameters checked against the kind's class, plus
+    those ``carried`` from a layer that set another kind, where this kind takes them."""
+    family = FAMILIES[name]
+    kind = values.get("kind", DEFAULT_KINDS[name])
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a string for {name}.kind, got {kind!r}")
+    own = {k: v for k, v in values.items() if k != "kind"}
+    try:
+        family.cls(kind)
+        inherited = {k: v for k, v in carried.items() if family.takes(kind, k) and k not in own}
+        return family.section_of(kind, {**inherited, **own})
+    except ComponentError as error:
+        raise ConfigError(str(error)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -192,12 +179,7 @@ def merge(base: dict, path: list[str], value: Any) -> dict:
 _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "budget": (0, True), "train.batch_size": (1, True), "train.max_steps": (0, True),
     "train.eval_every": (1, True), "train.checkpoint_every": (0, True),
-    "estimator.directions": (1, True), "estimator.smoothing": (0, False), "optimizer.lr": (0, False),
-    "transform.grid": (0, True), "transform.inner": (0, True), "transform.epsilon": (0, False),
-    "label_map.per_class": (1, True), "transform.subspace": (0, True), "backend.k": (1, True),
-    "evolution.popsize": (1, True), "evolution.sigma": (0, False), "label_map.blm_lambda": (0, True),
-    "label_map.blm_topk": (0, True), "loss.margin": (0, True), "label_map.l2": (0, True), "loss.gamma": (0, True),
-    "label_map.refit_every": (0, True),
+    "backend.k": (1, True), "evolution.popsize": (1, True), "evolution.sigma": (0, False),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }
 
@@ -236,30 +218,83 @@ def _check_limits(config: RunConfig) -> None:
             raise ConfigError(f"expected {key} below 1, got {values[section][name]}")
 
 
-def load_config(path: str | Path | None = None, *, base: dict | None = None,
-                overrides: tuple[str, ...] = (), **options: Any) -> RunConfig:
-    """Defaults < ``base`` (a built-in config) < the TOML file < overrides < options (not None)."""
-    values: dict = dict(base or {})
+def load_config(path: str | Path | None = None, *, base: dict | list[dict] | None = None,
+                overrides: tuple[str, ...] = (), run_folder: bool = False, **options: Any) -> RunConfig:
+    """Defaults < ``base`` (a built-in config, or a list of layers) < the TOML file < overrides <
+    options (not None). ``run_folder``: the file is a run folder's config.toml, written by the
+    toolkit; one written before component sections (0.2) lists every kind's parameters in each
+    section, and those the kind does not take are dropped instead of refused."""
+    layers = [base] if isinstance(base, dict) else list(base or [])
     if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        try:
-            loaded = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-        for key, value in flatten(loaded):
-            values = merge(values, key, value)
-    for text in overrides:
-        key, value = parse_override(text)
-        values = merge(values, key, value)
-    for key, value in options.items():
-        if value is not None:
-            values = merge(values, [key], value)
-    config = _build(RunConfig, values)
+        layers.append(_read_toml(path))
+    layers.append(merged([parse_override(text) for text in overrides]))
+    layers.append(merged([([key], value) for key, value in options.items() if value is not None]))
+    values, carried = compose(layers, carry_all=len(layers) - 3 if run_folder else None)
+    config = _build(RunConfig, values, carried=carried)
     _check_limits(config)
     return config
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run folder was trained with."""
+    return load_config(Path(run_dir) / "config.toml", run_folder=True)
+
+
+def _read_toml(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def merged(settings: list[tuple[list[str], Any]]) -> dict:
+    values: dict = {}
+    for key, value in settings:
+        values = merge(values, key, value)
+    return values
+
+
+def compose(layers: list[dict], carry_all: int | None = None) -> tuple[dict, dict]:
+    """Nested layers merged, later ones winning, and what component sections carry.
+
+    A component section's parameters belong to its kind. Those set in a layer whose kind (after
+    that layer) is the final one are the section's own, checked strictly; those set in a layer
+    that had another kind (a suite's base before a method changes the kind) are *carried*: kept
+    where the final kind takes them, dropped where it does not. ``carry_all``: the index of a
+    layer whose component parameters are all carried (an old run folder's file)."""
+    final = dict(DEFAULT_KINDS)
+    for layer in layers:
+        for section in FAMILIES:
+            if isinstance(layer.get(section), dict) and "kind" in layer[section]:
+                final[section] = layer[section]["kind"]
+    kind = dict(DEFAULT_KINDS)
+    values: dict = {}
+    carried: dict[str, dict] = {section: {} for section in FAMILIES}
+    for index, layer in enumerate(layers):
+        for section in FAMILIES:
+            if isinstance(layer.get(section), dict) and "kind" in layer[section]:
+                kind[section] = layer[section]["kind"]
+        for key, value in leaves(layer):
+            section = key[0]
+            if (section in FAMILIES and len(key) == 2 and key[1] != "kind"
+                    and (kind[section] != final[section] or index == carry_all)):
+                carried[section][key[1]] = value
+            else:
+                values = merge(values, key, value)
+    return values, carried
+
+
+def leaves(table: dict, prefix: tuple = ()):
+    """(key path, value) for every value that is not a table, backend options included."""
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, prefix + (key,))
+        else:
+            yield list(prefix + (key,)), value
 
 
 def flatten(table: dict, prefix: tuple = ()):
@@ -297,20 +332,20 @@ def to_toml(config: RunConfig) -> str:
             tables.append(f"\n[{key}]")
             for sub, v in value.items():
                 if isinstance(v, dict):
-                    inline = ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items())
+                    inline = ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items())
                     tables.append(f"{sub} = {{{inline}}}")
                 else:
-                    tables.append(f"{sub} = {_toml_value(v)}")
+                    tables.append(f"{sub} = {toml_value(v)}")
         else:
-            top.append(f"{key} = {_toml_value(value)}")
+            top.append(f"{key} = {toml_value(value)}")
     return "\n".join(top + tables) + "\n"
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

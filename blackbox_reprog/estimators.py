@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from .components import Above, AtLeast, Family, OneOf
 from .errors import Refusal
+
+#: estimator kind → class; built from the dimension d of θ
+ESTIMATORS = Family("estimator")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,8 @@ class Proposal:
 class Estimator:
     kind: str = ""
 
-    def __init__(self, dim: int, *, directions: int = 10, smoothing: float = 0.005):
+    def __init__(self, dim: int, *, directions: Annotated[int, AtLeast(1)] = 10,
+                 smoothing: Annotated[float, Above(0)] = 0.005):
         self.dim, self.q, self.mu = int(dim), int(directions), float(smoothing)
         if self.q < 1:
             raise Refusal(f"expected at least 1 direction, got {self.q}")
@@ -60,6 +66,7 @@ class Estimator:
         return u
 
 
+@ESTIMATORS.register
 class RandomDirection(Estimator):
     """One-sided: ĝ = (φ/q) Σ_j [f(θ + μu_j) − f(θ)]/μ · u_j, sharing the base evaluation f(θ).
     φ = d for unit-sphere directions (BAR: b = d), 1 for Gaussian ones — both unbiased for the
@@ -67,8 +74,8 @@ class RandomDirection(Estimator):
 
     kind = "random"
 
-    def __init__(self, dim, *, directions=10, smoothing=0.005, distribution="gaussian"):
-        super().__init__(dim, directions=directions, smoothing=smoothing)
+    def __init__(self, dim, *, distribution: Annotated[str, OneOf("gaussian", "sphere")] = "gaussian", **rest):
+        super().__init__(dim, **rest)
         if distribution not in ("gaussian", "sphere"):
             raise Refusal(f"expected distribution gaussian or sphere, got {distribution!r}")
         self.distribution = distribution
@@ -88,6 +95,7 @@ class RandomDirection(Estimator):
         return self.phi / self.q * (slopes @ proposal.directions)
 
 
+@ESTIMATORS.register
 class Antithetic(RandomDirection):
     """Two-sided: ĝ = (φ/q) Σ_j [f(θ + μu_j) − f(θ − μu_j)]/(2μ) · u_j. Lower bias and
     variance than one-sided at 2q evaluations; with q = 1 it is ZO-Bench's usual baseline."""
@@ -108,14 +116,15 @@ class Antithetic(RandomDirection):
         return self.phi / self.q * (slopes @ proposal.directions)
 
 
+@ESTIMATORS.register
 class Coordinate(Estimator):
     """Central differences on q random coordinates, scaled by d/q so the estimate is unbiased
     over the choice of coordinates; q = d gives the full finite-difference gradient (DeepZero)."""
 
     kind = "coordinate"
 
-    def __init__(self, dim, *, directions=10, smoothing=0.005):
-        super().__init__(dim, directions=min(directions, dim), smoothing=smoothing)
+    def __init__(self, dim, *, directions: Annotated[int, AtLeast(1)] = 10, **rest):
+        super().__init__(dim, directions=min(directions, dim), **rest)
 
     @property
     def population(self):
@@ -134,14 +143,12 @@ class Coordinate(Estimator):
         return g * (self.dim / self.q)
 
 
+@ESTIMATORS.register
 class SPSA(Estimator):
     """Simultaneous perturbation (Spall): Rademacher Δ, ĝ = mean_j [f(θ + cΔ_j) − f(θ − cΔ_j)]/(2c) · Δ_j
     (1/Δ = Δ for ±1 entries)."""
 
     kind = "spsa"
-
-    def __init__(self, dim, *, directions=1, smoothing=0.01):
-        super().__init__(dim, directions=directions, smoothing=smoothing)
 
     @property
     def population(self):
@@ -163,6 +170,7 @@ class SPSA(Estimator):
         return (diff[:, None] / proposal.directions).mean(dim=0)
 
 
+@ESTIMATORS.register
 class SPSAGC(SPSA):
     """BlackVIP's SPSA with gradient correction (Oh et al., CVPR 2023).
 
@@ -172,8 +180,9 @@ class SPSAGC(SPSA):
 
     kind = "spsa-gc"
 
-    def __init__(self, dim, *, directions=5, smoothing=0.01, gamma: float = 0.1, beta: float = 0.9):
-        super().__init__(dim, directions=directions, smoothing=smoothing)
+    def __init__(self, dim, *, gamma: Annotated[float, AtLeast(0)] = 0.1, beta: Annotated[float, AtLeast(0)] = 0.9,
+                 **rest):
+        super().__init__(dim, **rest)
         self.gamma, self.beta = float(gamma), float(beta)
         self.momentum = torch.zeros(self.dim)
 
@@ -188,16 +197,3 @@ class SPSAGC(SPSA):
         g = super().estimate(proposal, losses)
         self.momentum = self.beta * self.momentum + g
         return g + self.beta * self.momentum
-
-
-ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.kind: cls for cls in (RandomDirection, Antithetic, Coordinate, SPSA, SPSAGC)}
-
-
-def make_estimator(kind: str, dim: int, *, directions: int, smoothing: float,
-                   distribution: str = "gaussian") -> Estimator:
-    if kind not in ESTIMATORS:
-        raise Refusal(f"unknown estimator {kind!r}; expected one of: {', '.join(ESTIMATORS)}")
-    if kind in ("random", "antithetic"):
-        return ESTIMATORS[kind](dim, directions=directions, smoothing=smoothing, distribution=distribution)
-    return ESTIMATORS[kind](dim, directions=directions, smoothing=smoothing)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .backend import Backend, InputSpec
-from .degrade import DegradedBackend
+from .backend import Backend
 from .errors import Refusal
 from .files import atomic_write
 from .outputs import FLOOR, LABEL_EPSILON, TOPK_TOLERANCE
@@ -39,25 +39,21 @@ OPSET = 17                           # for the parts exported around a call (no 
 
 def export_run(run_dir: str | Path, out: str | Path) -> dict:
     """Write ``out`` (.onnx) and its sidecar ``out`` with suffix .json; returns the sidecar."""
-    from .config import load_config
-    from .program import load_program
+    from .config import load_run_config
+    from .program import Program
     run_dir, out = Path(run_dir), Path(out)
     if out.suffix.lower() != ".onnx":
         raise Refusal(f"expected an output file ending in .onnx, got {out.name}")
     if not (run_dir / "program.pt").is_file():
         raise Refusal(f"expected a finished run folder with program.pt, got {run_dir}")
-    config = load_config(run_dir / "config.toml")
+    config = load_run_config(run_dir)
     # decided before any backend is built, from what its class declares: a remote one would be
     # contacted for nothing
     source = _graph_source(config.backend.name)
     if source is None or config.backend.output not in EXPORTABLE_OUTPUTS:
         return export_around_call(run_dir, config, out)
-    program = load_program(run_dir)
-    try:
-        model = source.onnx_graph(config.backend.model)
-        graph = compose(program, model)
-    finally:
-        program.backend.close()
+    program = Program.load(run_dir)
+    graph = compose(program, source.onnx_graph(config.backend.model))
     sidecar = {
         "classes": list(program.classes),
         "input": {"name": "x", "shape": ["N", *program.transform.target_shape], "dtype": "float32"},
@@ -74,17 +70,13 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
 def export_around_call(run_dir: Path, config, out: Path) -> dict:
     """The program and the head as two ONNX files, for a model that only the user can call:
     ``out``'s stem + ``.program.onnx`` (x → model_input) and ``.head.onnx`` (the answers →
-    scores, label). The model's spec comes from result.json: nothing is built or queried."""
+    scores, label). The model's spec comes from program.pt: nothing is built or queried."""
     import onnx
 
-    from .program import load_program
-    try:
-        described = json.loads((run_dir / "result.json").read_text())["backend"]
-    except (OSError, ValueError, KeyError) as error:
-        raise Refusal(f"expected a finished run folder with result.json describing its model, got {run_dir} "
-                      f"({type(error).__name__})") from None
-    model = _DescribedModel(described, k=_answer_k(config, described))
-    program = load_program(run_dir, backend=model)
+    from .program import Program
+    program = Program.load(run_dir)
+    described = program.model
+    model = AnswerSpec(described["output_kind"], int(described["num_classes"]), _answer_k(config, described))
     target = torch.zeros(2, *program.transform.target_shape)                        # (2, *target_shape)
     front = _to_onnx(_Program(program.transform, program.theta, torch.float32), target,
                      ["x"], ["model_input"], OPSET)
@@ -96,7 +88,7 @@ def export_around_call(run_dir: Path, config, out: Path) -> dict:
         part.graph.name = f"reprogrammed-{path.suffixes[0][1:]}"
         part.metadata_props.add(key="bbreprog.classes", value=json.dumps(list(program.classes)))
         onnx.checker.check_model(part, full_check=True)
-    shape = list(model.input_spec.shape)
+    shape = list(described["input_shape"])
     sidecar = {
         "classes": list(program.classes),
         "input": {"name": "x", "shape": ["N", *program.transform.target_shape], "dtype": "float32"},
@@ -104,7 +96,7 @@ def export_around_call(run_dir: Path, config, out: Path) -> dict:
                     "label": "(N,) int64 index into classes of the best score"},
         "program": {"file": paths["program"].name, "input": "x",
                     "output": {"name": "model_input", "shape": ["N", *shape], "dtype": "float32",
-                               "value_range": list(model.input_spec.value_range)}},
+                               "value_range": list(described["value_range"])}},
         "model_call": {"model_id": described.get("model_id", ""), "url": described.get("url", ""),
                        "answers": model.output_kind, "num_classes": model.num_classes,
                        "k": model.k if model.output_kind == "topk" else None,
@@ -121,17 +113,12 @@ def export_around_call(run_dir: Path, config, out: Path) -> dict:
     return sidecar
 
 
-class _DescribedModel(Backend):
-    """The model as result.json describes it: its spec only, for rebuilding the program. It
-    answers nothing: an export around the call never queries."""
-
-    def __init__(self, described: dict, k: int):
-        self.name, self.model_id = described["backend"], described["model_id"]
-        self.output_kind, self.num_classes, self.k = described["output_kind"], int(described["num_classes"]), k
-        self.input_spec = InputSpec(tuple(described["input_shape"]), "float32", tuple(described["value_range"]))
-
-    def _predict(self, x):
-        raise RuntimeError("expected no query while exporting, got one")
+@dataclass(frozen=True)
+class AnswerSpec:
+    """What the model's answers hold, as program.pt recorded the model: the head reads these."""
+    output_kind: str
+    num_classes: int
+    k: int
 
 
 def _answer_k(config, described: dict) -> int:
@@ -149,7 +136,7 @@ _ANSWER_DOCS = {
 }
 
 
-def _answer_inputs(model: _DescribedModel) -> tuple[list[str], tuple[torch.Tensor, ...]]:
+def _answer_inputs(model: AnswerSpec) -> tuple[list[str], tuple[torch.Tensor, ...]]:
     """The head's input names and example tensors for the model's kind of answer."""
     if model.output_kind in ("logits", "probs"):
         return ["answers"], (torch.full((2, model.num_classes), 1.0 / model.num_classes),)      # (2, C)
@@ -215,13 +202,14 @@ def compose(program, model):
     output_dtype = tensor_dtype_to_np_dtype(source_output.type.tensor_type.elem_type)
 
     target = torch.zeros(2, *program.transform.target_shape)                        # (2, *target_shape)
-    model_input = torch.zeros(2, *program.backend.input_spec.shape, dtype=_torch_dtype(input_dtype))
-    answers = torch.zeros(2, program.backend.num_classes, dtype=_torch_dtype(output_dtype))  # (2, C)
+    described = program.model
+    model_input = torch.zeros(2, *described["input_shape"], dtype=_torch_dtype(input_dtype))
+    answers = torch.zeros(2, int(described["num_classes"]), dtype=_torch_dtype(output_dtype))  # (2, C)
     front = _to_onnx(_Program(program.transform, program.theta, model_input.dtype), target,
                      ["x"], ["model_input"], opset)
-    backend = program.backend
-    model_kind = backend.inner.output_kind if isinstance(backend, DegradedBackend) else backend.output_kind
-    head = _to_onnx(_Head(program.label_map, model_kind, backend.output_kind), answers,
+    # the graph answers as the model does; the head sees what training saw (after any degradation)
+    model_kind = described["degraded"]["from"] if "degraded" in described else described["output_kind"]
+    head = _to_onnx(_Head(program.label_map, model_kind, described["output_kind"]), answers,
                     ["model_answers"], ["scores", "label"], opset)
 
     # the source model keeps its own ir_version and opsets; the exported parts follow them

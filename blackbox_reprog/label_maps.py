@@ -17,12 +17,16 @@ Fitting takes log-probabilities the trainer already bought under the ``label-map
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
+from .components import AtLeast, Family
 from .errors import Refusal
 
 #: scores are log(max(p · ω, SCORE_FLOOR)) so an all-zero mixture does not become −inf
 SCORE_FLOOR = 1e-12
+SHOWN_PER_CLASS = 10            # source classes listed per target class by ``explain``
 
 
 def mix(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -30,9 +34,15 @@ def mix(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (log_probs.exp() @ weights).clamp_min(SCORE_FLOOR).log()
 
 
+#: label map kind → class; built from (num_source, num_target)
+LABEL_MAPS = Family("label_map", context=("seed",))
+
+
 class LabelMap:
     kind: str = ""
     refit_each_epoch: bool = False
+    refit_every: int = 0                  # steps between refits when refitted; 0 = once an epoch
+    needs_scores: bool = False            # True: a label-only answer cannot fit it
 
     def __init__(self, num_source: int, num_target: int):
         if num_target > num_source:
@@ -56,11 +66,15 @@ class LabelMap:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def explain(self, classes: list[str]) -> list[str]:
+        """Markdown lines saying how each target class is scored (the run report's section)."""
+        return [f"{self.kind}: no state to show."]
+
 
 class ManyToOneMap(LabelMap):
     """Each target class j owns a set S_j of m source labels; score_j = log mean_{s∈S_j} p_s."""
 
-    def __init__(self, num_source: int, num_target: int, per_class: int = 1):
+    def __init__(self, num_source: int, num_target: int, *, per_class: Annotated[int, AtLeast(1)] = 1):
         super().__init__(num_source, num_target)
         if per_class * num_target > num_source:
             raise Refusal(f"expected per_class × classes ≤ {num_source}, got "
@@ -84,12 +98,27 @@ class ManyToOneMap(LabelMap):
     def load_state_dict(self, state):
         self.assignment = state["assignment"].clone()
 
+    def explain(self, classes):
+        lines = [f"{self.kind}: each target class scores the mean probability of its source classes "
+                 f"({int((self.assignment >= 0).sum()):,} of the model's {self.num_source:,} classes are used).", "",
+                 "| target class | source classes | count |", "|---|---|---:|"]
+        for index, name in enumerate(classes):
+            sources = self.sources_of(index)
+            shown = ", ".join(map(str, sources[:SHOWN_PER_CLASS]))
+            more = f", … ({len(sources) - SHOWN_PER_CLASS} more)" if len(sources) > SHOWN_PER_CLASS else ""
+            lines.append(f"| {name} | {shown}{more} | {len(sources)} |")
+        return lines
 
+
+@LABEL_MAPS.register
 class RandomMap(ManyToOneMap):
+    """m random source labels per target class (BAR on real APIs, Voice2Series)."""
+
     kind = "random"
 
-    def __init__(self, num_source, num_target, per_class=1, seed: int = 0):
-        super().__init__(num_source, num_target, per_class)
+    def __init__(self, num_source, num_target, *, seed: int = 0, **rest):
+        super().__init__(num_source, num_target, **rest)
+        per_class = self.per_class
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(num_source, generator=generator)[: per_class * num_target]
         self.assignment[chosen] = torch.arange(num_target).repeat_interleave(per_class)
@@ -99,7 +128,10 @@ class RandomMap(ManyToOneMap):
         return False
 
 
+@LABEL_MAPS.register
 class FrequencyMap(ManyToOneMap):
+    """m source labels per class chosen greedily from the top-1 counts (FLM)."""
+
     kind = "frequency"
 
     def fit(self, log_probs, y):
@@ -126,21 +158,30 @@ class FrequencyMap(ManyToOneMap):
         return self
 
 
+@LABEL_MAPS.register
 class IterativeMap(FrequencyMap):
+    """The frequency map refitted as training goes, with the current program (ILM)."""
+
     kind = "iterative"
     refit_each_epoch = True
 
+    def __init__(self, num_source, num_target, *, refit_every: Annotated[int, AtLeast(0)] = 0, **rest):
+        super().__init__(num_source, num_target, **rest)
+        self.refit_every = int(refit_every)
 
+
+@LABEL_MAPS.register
 class LinearHead(LabelMap):
     """Softmax regression on standardised source log-probabilities, fitted by L-BFGS with an
     L2 penalty. Exact gradients, no queries: it only reads outputs already bought."""
 
     kind = "linear"
 
-    def __init__(self, num_source, num_target, l2: float = 1e-3, refit: bool = False):
+    def __init__(self, num_source, num_target, *, l2: Annotated[float, AtLeast(0)] = 1e-3, refit: bool = False,
+                 refit_every: Annotated[int, AtLeast(0)] = 0):
         super().__init__(num_source, num_target)
         self.l2 = float(l2)
-        self.refit_each_epoch = bool(refit)
+        self.refit_each_epoch, self.refit_every = bool(refit), int(refit_every)
         self.mean = torch.zeros(num_source)
         self.std = torch.ones(num_source)
         self.weight = torch.zeros(num_source, num_target)
@@ -176,6 +217,11 @@ class LinearHead(LabelMap):
         self.mean, self.std = state["mean"], state["std"]
         self.weight, self.bias = state["weight"], state["bias"]
 
+    def explain(self, classes):
+        source, target = self.weight.shape                                 # (C, K)
+        return [f"linear head: softmax regression on standardised source log-probabilities, weights "
+                f"{source:,} × {target:,} and {target:,} biases ({source * target + target:,} parameters)."]
+
 
 class BayesianMap(LabelMap):
     """Bayesian-guided label mapping (BLM; Cai et al., NeurIPS 2024).
@@ -197,11 +243,12 @@ class BayesianMap(LabelMap):
 
     refit_each_epoch = True                                  # the authors refit every epoch
 
-    def __init__(self, num_source: int, num_target: int, lam: float = 1.0):
+    def __init__(self, num_source: int, num_target: int, *, blm_lambda: Annotated[float, AtLeast(0)] = 1.0,
+                 refit_every: Annotated[int, AtLeast(0)] = 0):
         super().__init__(num_source, num_target)
-        if not lam >= 0:
-            raise Refusal(f"expected a Laplace smoothing λ ≥ 0, got {lam}")
-        self.lam = float(lam)
+        if not blm_lambda >= 0:
+            raise Refusal(f"expected a Laplace smoothing λ ≥ 0, got {blm_lambda}")
+        self.lam, self.refit_every = float(blm_lambda), int(refit_every)
         # before any fit: every source class weighs the same for every target class
         self.omega = torch.full((num_source, num_target), 1.0 / num_source)  # (C, K)
 
@@ -234,7 +281,19 @@ class BayesianMap(LabelMap):
     def load_state_dict(self, state):
         self.omega = state["omega"].clone()
 
+    def explain(self, classes):
+        shown = min(SHOWN_PER_CLASS, self.num_source)
+        lines = [f"{self.kind}: each target class scores log(p · ω) with a weight ω for every source class; "
+                 f"the {shown} heaviest per target class (weights that round to 0 left out):", "",
+                 "| target class | source class (weight ω) |", "|---|---|"]
+        for index, name in enumerate(classes):
+            weights, sources = self.omega[:, index].topk(shown)
+            heaviest = [f"{s} ({w:.3f})" for s, w in zip(sources.tolist(), weights.tolist()) if w >= 5e-4]
+            lines.append(f"| {name} | {', '.join(heaviest)} |")
+        return lines
 
+
+@LABEL_MAPS.register
 class BLM(BayesianMap):
     """C[s, t] = #{i : argmax f(x_i) = s, y_i = t}: top-1 counts, so label-only APIs work."""
 
@@ -253,15 +312,17 @@ def default_blm_topk(num_target: int) -> int:
     return max(1, int(0.15 * num_target))
 
 
+@LABEL_MAPS.register
 class BLMPlus(BayesianMap):
     """C[s, t] = Σ_{i: y_i = t} p_s(x_i) over the top-k source classes of example i (0 elsewhere):
     the runner-up classes vote too, weighted by the model's confidence."""
 
     kind = "blm+"
+    needs_scores = True
 
-    def __init__(self, num_source: int, num_target: int, lam: float = 1.0, topk: int = 0):
-        super().__init__(num_source, num_target, lam)
-        self.topk = int(topk) or default_blm_topk(num_target)
+    def __init__(self, num_source: int, num_target: int, *, blm_topk: Annotated[int, AtLeast(0)] = 0, **rest):
+        super().__init__(num_source, num_target, **rest)
+        self.topk = int(blm_topk) or default_blm_topk(num_target)
         if not 1 <= self.topk <= num_source:
             raise Refusal(f"expected a BLM+ top-k in [1, {num_source}], got {self.topk}")
 
@@ -271,29 +332,6 @@ class BLMPlus(BayesianMap):
         kept = torch.zeros_like(probs).scatter_(1, top_indices, top_values)  # (N, C) top-k only
         onehot = torch.nn.functional.one_hot(y, self.num_target).double()    # (N, K)
         return kept.T @ onehot                                               # (C, K)
-
-
-LABEL_MAP_KINDS = ("random", "frequency", "iterative", "linear", "blm", "blm+")
-
-
-def make_label_map(kind: str, num_source: int, num_target: int, *, per_class: int = 1,
-                   seed: int = 0, l2: float = 1e-3, refit: bool = False,
-                   blm_lambda: float = 1.0, blm_topk: int = 0) -> LabelMap:
-    """``blm_lambda`` is BLM's Laplace smoothing λ; ``blm_topk`` is BLM+'s k (0: 15 % of the
-    target classes, at least 1). ``per_class``, ``seed``, ``l2``, ``refit`` are for the others."""
-    if kind == "random":
-        return RandomMap(num_source, num_target, per_class, seed)
-    if kind == "frequency":
-        return FrequencyMap(num_source, num_target, per_class)
-    if kind == "iterative":
-        return IterativeMap(num_source, num_target, per_class)
-    if kind == "linear":
-        return LinearHead(num_source, num_target, l2, refit)
-    if kind == "blm":
-        return BLM(num_source, num_target, blm_lambda)
-    if kind == "blm+":
-        return BLMPlus(num_source, num_target, blm_lambda, blm_topk)
-    raise Refusal(f"unknown label map {kind!r}; expected one of: {', '.join(LABEL_MAP_KINDS)}")
 
 
 def target_accuracy(target_logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -10,12 +10,21 @@ suits evolutionary search on label-only APIs.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
+from .components import AtLeast, Family
 from .errors import Refusal
 
+#: loss kind → class; the run passes the training set's class counts to those that take them
+LOSSES = Family("loss", context=("class_counts",))
 
+
+@LOSSES.register
 class CrossEntropy:
+    """Cross-entropy on the target scores."""
+
     kind = "ce"
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -25,6 +34,7 @@ class CrossEntropy:
         return -picked.mean(dim=-1)
 
 
+@LOSSES.register
 class FocalLoss:
     """Class-balanced focal loss: w_y · (1 − p_y)^γ · (−log p_y), w_j ∝ 1/n_j.
 
@@ -32,7 +42,7 @@ class FocalLoss:
 
     kind = "focal"
 
-    def __init__(self, gamma: float = 2.0, class_counts: torch.Tensor | None = None):
+    def __init__(self, *, gamma: Annotated[float, AtLeast(0)] = 2.0, class_counts: torch.Tensor | None = None):
         self.gamma = float(gamma)
         self.weights = None
         if class_counts is not None:
@@ -48,6 +58,7 @@ class FocalLoss:
         return loss.mean(dim=-1)
 
 
+@LOSSES.register
 class Margin:
     """Multi-class hinge (Crammer–Singer): mean of max(0, κ + max_{j≠y} s_j − s_y).
 
@@ -56,7 +67,7 @@ class Margin:
 
     kind = "margin"
 
-    def __init__(self, margin: float = 1.0):
+    def __init__(self, *, margin: Annotated[float, AtLeast(0)] = 1.0):
         if not margin >= 0:
             raise Refusal(f"expected a margin κ ≥ 0, got {margin}")
         self.margin = float(margin)
@@ -69,6 +80,7 @@ class Margin:
         return (self.margin + best_other - true).clamp_min(0).mean(dim=-1)
 
 
+@LOSSES.register
 class ZeroOne:
     """The error rate: mean of argmax_j s_j ≠ y (ties go to the lowest class index).
 
@@ -82,19 +94,3 @@ class ZeroOne:
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         wrong = logits.argmax(dim=-1) != y                                    # (..., B)
         return wrong.float().mean(dim=-1)
-
-
-LOSS_KINDS = ("ce", "focal", "margin", "zero-one")
-
-
-def make_loss(kind: str, *, gamma: float = 2.0, class_counts=None, margin: float = 1.0):
-    """``gamma`` and ``class_counts`` are for focal, ``margin`` (κ) for margin."""
-    if kind == "ce":
-        return CrossEntropy()
-    if kind == "focal":
-        return FocalLoss(gamma, class_counts)
-    if kind == "margin":
-        return Margin(margin)
-    if kind == "zero-one":
-        return ZeroOne()
-    raise Refusal(f"unknown loss {kind!r}; expected one of: {', '.join(LOSS_KINDS)}")

@@ -23,13 +23,13 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, load_run_config
 from .errors import Refusal
 from .ledger import UNBUDGETED
+from .program import Program
 
 CURVES = "report-curves.png"
 PROGRAM = "report-program.png"
-SHOWN_PER_CLASS = 10            # source classes listed per target class in the label map section
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RunFolder:
     config_text: str
     metrics: list[dict]                     # metrics.jsonl, one row per step
     result: dict | None = None              # result.json; None while the run is unfinished
-    program: dict | None = None             # program.pt: theta, label_map, classes
+    program: Program | None = None          # program.pt, rebuilt (no backend, no data)
     compared_metrics: list[dict] = field(default_factory=list)   # the train.compare_with run's rows
 
     @property
@@ -64,7 +64,7 @@ def read_run(run_dir: str | Path) -> RunFolder:
     if not (path / "result.json").is_file() and not (path / "metrics.jsonl").is_file():
         raise Refusal(f"expected a run folder with result.json or metrics.jsonl, got {path}")
     try:
-        config = load_config(path / "config.toml")
+        config = load_run_config(path)
     except ConfigError as error:
         raise Refusal(f"expected a valid config.toml in {path}, got one that is refused: {error}") from None
     run = RunFolder(path, config, (path / "config.toml").read_text(), read_metrics(path / "metrics.jsonl"))
@@ -75,12 +75,7 @@ def read_run(run_dir: str | Path) -> RunFolder:
             raise Refusal(f"expected a readable result.json in {path}, got one that fails to parse "
                           f"({error.msg}, line {error.lineno})") from None
     if (path / "program.pt").is_file():
-        try:
-            run.program = torch.load(path / "program.pt", map_location="cpu", weights_only=True)
-            run.program["theta"], run.program["label_map"], run.program["classes"]
-        except Exception as error:
-            raise Refusal(f"expected a readable program.pt in {path}, got one that fails to load "
-                          f"({type(error).__name__})") from None
+        run.program = Program.load(path)
     comparison = (run.result or {}).get("comparison")
     if comparison:
         run.compared_metrics = read_metrics(path / comparison["run_dir"] / "metrics.jsonl")
@@ -166,7 +161,7 @@ def run_section(run: RunFolder) -> list[str]:
              ("method", method_line(c, r.get("search"))),
              ("program", program_line(c, r.get("program"))),
              ("label map", label_map_line(c)),
-             ("loss", c.loss.kind),
+             ("loss", component_line(c.loss)),
              ("seed", str(c.seed)),
              ("budget", f"{c.budget:,} queries (everything but the final test pass)")]
     if run.finished:
@@ -201,13 +196,17 @@ def data_line(c: RunConfig, data: dict | None) -> str:
             f"{data['validation']:,} validation, {data['test']:,} test examples")
 
 
+def component_line(section) -> str:
+    """'kind (name value, …)': a component with every parameter it was built with."""
+    shown = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                      for name, value in section.params)
+    return f"{section.kind} ({shown})" if shown else section.kind
+
+
 def method_line(c: RunConfig, search: dict | None) -> str:
-    o, method = c.optimizer, c.train.method
-    rule = f"{o.kind} (lr {o.lr:g}, {o.schedule} schedule)"
+    method, rule = c.train.method, component_line(c.optimizer)
     if method == "blackbox":
-        e = c.estimator
-        text = (f"blackbox: zeroth-order estimator {e.kind} ({e.directions} directions, smoothing "
-                f"{e.smoothing:g}), step rule {rule}")
+        text = f"blackbox: zeroth-order estimator {component_line(c.estimator)}, step rule {rule}"
     elif method == "whitebox":
         text = f"whitebox: autograd through the model, step rule {rule}"
     else:
@@ -222,11 +221,7 @@ def method_line(c: RunConfig, search: dict | None) -> str:
 
 
 def program_line(c: RunConfig, program: dict | None) -> str:
-    t = c.transform
-    grid = f"grid {t.grid}" if t.grid else "full resolution"
-    text = f"{t.kind}, {grid}"
-    if t.subspace:
-        text += f", searched in a random {t.subspace}-dimensional subspace"
+    text = component_line(c.transform)
     if program:
         full = f" of {program['full_params']:,}" if "full_params" in program else ""
         text += f"; {program['num_params']:,} trained parameters{full}"
@@ -234,12 +229,7 @@ def program_line(c: RunConfig, program: dict | None) -> str:
 
 
 def label_map_line(c: RunConfig) -> str:
-    m = c.label_map
-    if m.kind in ("random", "frequency", "iterative"):
-        return f"{m.kind} ({m.per_class} source classes per target class)"
-    if m.kind == "linear":
-        return f"linear head (l2 {m.l2:g}{', refitted every epoch' if m.refit else ''})"
-    return f"{m.kind} (λ {m.blm_lambda:g})"
+    return component_line(c.label_map)
 
 
 def config_section(run: RunFolder) -> list[str]:
@@ -391,42 +381,26 @@ def png_bytes(fig) -> bytes:
 
 # ---- the program -------------------------------------------------------------------------------
 
-@dataclass
-class RecordedModel:
-    """The two things ``runner.build_program`` reads from a backend, as result.json recorded
-    them: building the transform this way needs no backend and spends no query."""
-    input_spec: object
-    num_classes: int
-
-
 def program_section(run: RunFolder) -> tuple[list[str], bytes | None]:
-    """Text, and the program drawn (None with a sentence saying why it is not)."""
+    """Text, and the program drawn on the first test example (on a blank one when the run's
+    dataset is gone: the program rebuilds from program.pt alone)."""
     from . import data as data_module
-    from .backend import InputSpec
-    from .runner import build_program
-    c, backend = run.config, run.result["backend"]
+    program, c = run.program, run.config
+    transform, theta = program.transform, program.theta.float()          # (d,)
     lines = ["## The program", ""]
     try:
         splits = data_module.make_splits(c.data.name, validation_fraction=c.data.validation_fraction,
                                          test_fraction=c.data.test_fraction, seed=c.seed)
-        spec = InputSpec(tuple(backend["input_shape"]), value_range=tuple(backend["value_range"]))
-        transform, _ = build_program(c, RecordedModel(spec, backend["num_classes"]), splits.train.x.shape[1:],
-                                     splits.train.num_classes)
+        example = torch.as_tensor(splits.test.x[:1])                      # (1, *target_shape)
+        shown = f"the example is the first test example (class {splits.test.classes[int(splits.test.y[0])]})"
     except ValueError as error:              # the dataset moved or changed since the run
-        return lines + [f"Not drawn: the program cannot be rebuilt from the run's dataset now ({error})", ""], None
-    theta = run.program["theta"].float()                                  # (d,)
-    if theta.shape != (transform.num_params,):
-        raise Refusal(f"expected a θ of {transform.num_params} parameters in program.pt for the config's "
-                      f"{c.transform.kind} program, got shape {tuple(theta.shape)}")
-    example = torch.as_tensor(splits.test.x[:1])                          # (1, *target_shape)
-    label = splits.test.classes[int(splits.test.y[0])]
+        example = torch.zeros(1, *transform.target_shape)
+        shown = f"the example is blank: the run's dataset cannot be read now ({error})"
     with torch.no_grad():
         blank = transform(theta[None], torch.zeros_like(example))[0, 0]  # (*source_shape)
         programmed = transform(theta[None], example)[0, 0]              # (*source_shape)
-    norm = float(theta.norm())
-    lines.append(f"θ has {transform.num_params:,} parameters (L2 norm {norm:.3g}; 0 is the zero program). "
-                 f"Drawn with the transform alone, built from config.toml and the model input recorded in "
-                 f"result.json; the example is the first test example (class {label}).")
+    lines.append(f"θ has {transform.num_params:,} parameters (L2 norm {float(theta.norm()):.3g}; 0 is the zero "
+                 f"program). Drawn with the transform alone, rebuilt from program.pt; {shown}.")
     lines.append("")
     if len(transform.source_shape) == 1:
         picture = draw_signal_program(transform, example[0], blank, programmed)
@@ -498,40 +472,6 @@ def displayable(image: torch.Tensor, value_range: tuple[float, float]):
 
 
 # ---- the label map -----------------------------------------------------------------------------
-
 def label_map_section(run: RunFolder) -> list[str]:
-    """Which source classes speak for each target class, from program.pt's label map state."""
-    state, classes = run.program["label_map"], list(run.program["classes"])
-    kind = run.config.label_map.kind
-    lines = ["## The label map", ""]
-    if "assignment" in state:                 # random, frequency, iterative: many-to-one
-        assignment = state["assignment"]                                  # (C,) target class or −1
-        lines += [f"{kind}: each target class scores the mean probability of its source classes "
-                  f"({int((assignment >= 0).sum()):,} of the model's {len(assignment):,} classes are used).", "",
-                  "| target class | source classes | count |", "|---|---|---:|"]
-        for index, name in enumerate(classes):
-            sources = torch.nonzero(assignment == index).flatten().tolist()
-            lines.append(f"| {name} | {listed(sources)} | {len(sources)} |")
-    elif "omega" in state:                    # blm, blm+: a weight per (source, target) pair
-        omega = state["omega"]                                            # (C, K) columns sum to 1
-        shown = min(SHOWN_PER_CLASS, omega.shape[0])
-        lines += [f"{kind}: each target class scores log(p · ω) with a weight ω for every source class; "
-                  f"the {shown} heaviest per target class (weights that round to 0 left out):", "",
-                  "| target class | source class (weight ω) |", "|---|---|"]
-        for index, name in enumerate(classes):
-            weights, sources = omega[:, index].topk(shown)
-            heaviest = [f"{s} ({w:.3f})" for s, w in zip(sources.tolist(), weights.tolist()) if w >= 5e-4]
-            lines.append(f"| {name} | {', '.join(heaviest)} |")
-    elif "weight" in state:                   # linear head
-        source, target = state["weight"].shape                           # (C, K)
-        lines.append(f"linear head: softmax regression on standardised source log-probabilities, weights "
-                     f"{source:,} × {target:,} and {target:,} biases ({source * target + target:,} parameters).")
-    else:
-        lines.append(f"{kind}: no state recorded.")
-    lines.append("")
-    return lines
-
-
-def listed(sources: list[int]) -> str:
-    shown = ", ".join(map(str, sources[:SHOWN_PER_CLASS]))
-    return shown + (f", … ({len(sources) - SHOWN_PER_CLASS} more)" if len(sources) > SHOWN_PER_CLASS else "")
+    """Which source classes speak for each target class: the fitted map explains itself."""
+    return ["## The label map", "", *run.program.label_map.explain(run.program.classes), ""]

@@ -19,17 +19,14 @@ from . import data as data_module
 from .backend import Backend
 from .config import ConfigError, RunConfig, to_toml, with_absolute_paths
 from .degrade import degrade
-from .estimators import make_estimator
 from .files import atomic_write
 from .answers import AnswerStore
 from .journal import ANSWERS, JOURNAL, Journal, JournalError, Recorder
-from .label_maps import make_label_map
-from .losses import make_loss
+from .losses import LOSSES
+from .program import Program, build_parts
 from .registry import create_backend
-from .search import Autograd, Evolution, ZerothOrder
-from .step_rules import make_optimizer, make_schedule
+from .search import SEARCHES
 from .trainer import Trainer, TrainingResult
-from .transforms import make_transform
 
 
 @dataclass
@@ -47,18 +44,19 @@ def build(config: RunConfig, *, backend: Backend | None = None,
     if backend is None:
         backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)
-    if config.label_map.kind == "blm+" and backend.output_kind == "label":
-        raise ConfigError("expected scores (logits, probs or topk) for label_map.kind 'blm+', got a "
-                          "backend answering labels only; use 'blm'")
-    transform, label_map = build_program(config, backend, splits.train.x.shape[1:], splits.train.num_classes)
+    transform, label_map = build_parts(config.transform, config.label_map, config.seed, backend.describe(),
+                                       splits.train.x.shape[1:], splits.train.num_classes)
+    if label_map.needs_scores and backend.output_kind == "label":
+        raise ConfigError(f"expected scores (logits, probs or topk) for label_map.kind {config.label_map.kind!r}, "
+                          "got a backend answering labels only")
     counts = np.bincount(splits.train.y, minlength=splits.train.num_classes)
-    loss = make_loss(config.loss.kind, gamma=config.loss.gamma, class_counts=counts, margin=config.loss.margin)
+    loss = LOSSES.build(config.loss, class_counts=counts)
     trainer = Trainer(backend=backend, transform=transform, label_map=label_map, loss=loss,
-                      make_search=search_factory(config, backend, transform),
+                      make_search=SEARCHES.cls(config.train.method).plan(config, backend, transform),
                       train=splits.train, validation=splits.validation, test=splits.test,
                       budget=config.budget, batch_size=config.train.batch_size,
                       max_steps=config.train.max_steps, eval_every=config.train.eval_every,
-                      refit_every=config.label_map.refit_every, seed=config.seed,
+                      seed=config.seed,
                       on_step=on_step, on_checkpoint=on_checkpoint,
                       checkpoint_every=config.train.checkpoint_every)
     return Components(backend, splits, trainer)
@@ -81,52 +79,6 @@ def backend_options(config: RunConfig) -> dict:
     if backend_name(config) != config.backend.name:
         return {k: v for k, v in config.backend.options.items() if k in ("device", "max_batch")}
     return dict(config.backend.options)
-
-
-def search_factory(config: RunConfig, backend: Backend, transform) -> Callable:
-    """A function of (θ, horizon) that builds the search strategy the config asks for, moving
-    θ; ``horizon(population)`` is how many steps the budget pays for (schedules and nevergrad
-    plan over it). Refusals come here, before any query."""
-    method, o = config.train.method, config.optimizer
-
-    def step_rule(theta: torch.Tensor, steps: int):
-        rule = make_optimizer(o.kind, [theta], lr=o.lr, momentum=o.momentum)
-        return rule, make_schedule(o.schedule, rule, total_steps=steps, decay=o.decay,
-                                   offset=o.offset, power=o.power)
-
-    if method == "blackbox":
-        e = config.estimator
-        estimator = make_estimator(e.kind, transform.num_params, directions=e.directions,
-                                   smoothing=e.smoothing, distribution=e.distribution)
-        return lambda theta, horizon: ZerothOrder(theta, estimator, *step_rule(theta, horizon(estimator.population)),
-                                                  torch.Generator().manual_seed(config.seed))   # perturbations
-    if method == "whitebox":
-        if backend.output_kind not in ("logits", "probs") or not backend.capabilities.differentiable:
-            raise ConfigError(f"expected a backend with gradients (the torch plugin) for train.method "
-                              f"'whitebox', got {backend.name} answering {backend.output_kind}")
-        if config.loss.kind == "zero-one":
-            raise ConfigError("expected a differentiable loss (ce, focal or margin) for train.method "
-                              "'whitebox', got 'zero-one'")
-        return lambda theta, horizon: Autograd(theta, *step_rule(theta, horizon(1)), chunk_size=backend.max_batch)
-    ev = config.evolution
-    return lambda theta, horizon: Evolution(theta, ev.optimizer, popsize=ev.popsize, sigma=ev.sigma,
-                                            seed=config.seed, generations=horizon(ev.popsize))
-
-
-def build_program(config: RunConfig, model, target_shape: tuple[int, ...], num_target: int):
-    """The transform and the (unfitted) label map a config describes, from the model's input
-    spec and class count (``model``: a backend, or anything with ``input_spec`` and
-    ``num_classes``) and the target examples' shape and class count."""
-    spec, t, m = model.input_spec, config.transform, config.label_map
-    options = {"signal": {"grid": t.grid, "scale": t.scale},
-               "frame": {"grid": t.grid, "inner": t.inner},
-               "additive": {"grid": t.grid, "epsilon": t.epsilon}}.get(t.kind, {})
-    transform = make_transform(t.kind, tuple(target_shape), spec.shape, spec.value_range,
-                               subspace=t.subspace, seed=config.seed, **options)
-    label_map = make_label_map(m.kind, model.num_classes, int(num_target), per_class=m.per_class,
-                               seed=config.seed, l2=m.l2, refit=m.refit, blm_lambda=m.blm_lambda,
-                               blm_topk=m.blm_topk)
-    return transform, label_map
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -180,7 +132,7 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
                  "classes": test.num_classes},
         "program": {**components.trainer.transform.describe()},
         "label_map": config.label_map.kind,
-        "search": search_summary(config, components.trainer.search),
+        "search": components.trainer.search.describe(),
     }
 
 
@@ -304,18 +256,11 @@ class Run:
         return self.run_dir, summary
 
 
-#: program.pt's layout: 2 adds what rebuilding the program needs without the training data
-#: (the target shape and the model's spec); 1 (blackbox-reprog before 0.2) held θ, map, classes
-PROGRAM_FORMAT = 2
-
-
 def program_state(config: RunConfig, components: Components, result: TrainingResult) -> dict:
-    """Everything a finished program is: θ, the fitted map, the classes, and the shapes it was
-    built for. With the run's config.toml it rebuilds without the training data."""
-    return {"format": PROGRAM_FORMAT, "theta": result.theta, "label_map": result.label_map.state_dict(),
-            "classes": list(components.splits.train.classes),
-            "target_shape": list(components.splits.train.x.shape[1:]),
-            "model": components.backend.describe()}
+    """program.pt: everything the finished program is, enough to rebuild it alone."""
+    program = Program(components.trainer.transform, result.label_map, result.theta,
+                      list(components.splits.train.classes), components.backend.describe(), config)
+    return program.state(config.seed)
 
 
 def write_result(run_dir: Path, summary: dict) -> None:
@@ -341,15 +286,6 @@ def finish_comparison(config: RunConfig, run_dir: Path, summary: dict) -> dict:
     summary["comparison"] = {"method": pending["method"], "run_dir": folder.name, **{k: other[k] for k in keys}}
     write_result(run_dir, summary)
     return summary
-
-
-def search_summary(config: RunConfig, search) -> dict:
-    if config.train.method == "blackbox":
-        return {"method": "blackbox", "estimator": config.estimator.kind, "population": search.population,
-                "optimizer": config.optimizer.kind}
-    if config.train.method == "whitebox":
-        return {"method": "whitebox", "optimizer": config.optimizer.kind, "population": 1}
-    return {"method": "evolution", "optimizer": config.evolution.optimizer, "population": search.population}
 
 
 def run(config: RunConfig, *, run_dir: Path | None = None, backend: Backend | None = None,

@@ -12,6 +12,10 @@ comparison between them is fair:
 - ``Autograd`` (white-box, ``exact``): no population to score. It is given an objective
   closure, (x, y) → (loss, log-probabilities) differentiable in θ, and takes the exact
   gradient step into the same step rule. The trainer counts one query per example.
+
+``train.method`` names the search; its ``plan(config, backend, transform)`` checks the config
+and builds what the search needs before any query, and returns a function of (θ, horizon)
+building the search, ``horizon(population)`` being how many steps the budget pays for.
 """
 from __future__ import annotations
 
@@ -21,8 +25,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .components import Family
 from .errors import Refusal
-from .estimators import Estimator
+from .estimators import ESTIMATORS, Estimator
+from .step_rules import STEP_RULES, StepRule
+
+#: search kind (``train.method``) → class
+SEARCHES = Family("train.method")
 
 #: a white-box objective on a chunk of the batch: (x (b, ...), y (b,)) → (loss (), log-probs (b, C))
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -51,6 +60,13 @@ class Search:
         """Their losses (P,): θ moves."""
         raise NotImplementedError
 
+    @classmethod
+    def plan(cls, config, backend, transform) -> Callable[[torch.Tensor, Callable[[int], int]], "Search"]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
 
 def _apply_gradient(theta: torch.Tensor, gradient: torch.Tensor, step_rule, schedule) -> None:
     step_rule.zero_grad()
@@ -59,13 +75,27 @@ def _apply_gradient(theta: torch.Tensor, gradient: torch.Tensor, step_rule, sche
     schedule.step()
 
 
+@SEARCHES.register
 class ZerothOrder(Search):
     kind = "blackbox"
 
-    def __init__(self, theta: torch.Tensor, estimator: Estimator, step_rule, schedule, generator: torch.Generator):
-        self.theta, self.estimator, self.step_rule, self.schedule = theta, estimator, step_rule, schedule
+    def __init__(self, theta: torch.Tensor, estimator: Estimator, rule: StepRule, steps: int,
+                 generator: torch.Generator):
+        self.theta, self.estimator, self.rule_kind = theta, estimator, rule.kind
+        self.step_rule, self.schedule = rule.start(theta, steps)
         self.generator = generator
         self.population = estimator.population
+
+    @classmethod
+    def plan(cls, config, backend, transform):
+        estimator = ESTIMATORS.build(config.estimator, transform.num_params)
+        rule = STEP_RULES.build(config.optimizer)
+        return lambda theta, horizon: cls(theta, estimator, rule, horizon(estimator.population),
+                                          torch.Generator().manual_seed(config.seed))   # perturbations
+
+    def describe(self) -> dict:
+        return {"method": self.kind, "estimator": self.estimator.kind, "population": self.population,
+                "optimizer": self.rule_kind}
 
     def ask(self) -> Asked:
         proposal = self.estimator.propose(self.theta.detach(), self.generator)
@@ -77,6 +107,7 @@ class ZerothOrder(Search):
                             self.schedule)
 
 
+@SEARCHES.register
 class Autograd(Search):
     """White-box: the exact gradient of the objective. The batch goes through in chunks of
     ``chunk_size`` examples whose gradients add up to the batch's (every loss is a mean over
@@ -87,9 +118,24 @@ class Autograd(Search):
     kind = "whitebox"
     exact = True
 
-    def __init__(self, theta: torch.Tensor, step_rule, schedule, chunk_size: int = 256):
-        self.theta, self.step_rule, self.schedule = theta, step_rule, schedule
+    def __init__(self, theta: torch.Tensor, rule: StepRule, steps: int, chunk_size: int = 256):
+        self.theta, self.rule_kind = theta, rule.kind
+        self.step_rule, self.schedule = rule.start(theta, steps)
         self.chunk_size = int(chunk_size)
+
+    @classmethod
+    def plan(cls, config, backend, transform):
+        if backend.output_kind not in ("logits", "probs") or not backend.capabilities.differentiable:
+            raise Refusal(f"expected a backend with gradients (the torch plugin) for train.method "
+                          f"'whitebox', got {backend.name} answering {backend.output_kind}")
+        if config.loss.kind == "zero-one":
+            raise Refusal("expected a differentiable loss (ce, focal or margin) for train.method "
+                          "'whitebox', got 'zero-one'")
+        rule = STEP_RULES.build(config.optimizer)
+        return lambda theta, horizon: cls(theta, rule, horizon(1), chunk_size=backend.max_batch)
+
+    def describe(self) -> dict:
+        return {"method": self.kind, "optimizer": self.rule_kind, "population": 1}
 
     def descend(self, objective: Objective, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One exact step on the batch; returns (its loss (1,), log-probs at θ (B, C))."""
@@ -107,6 +153,7 @@ class Autograd(Search):
         return loss[None], torch.cat(parts)                                         # (1,), (B, C)
 
 
+@SEARCHES.register
 class Evolution(Search):
     """nevergrad ask/tell. Guards its traps: ``ask()`` never stops at a budget (the ledger
     does); a single −inf or NaN would become the recommendation forever, so non-finite losses
@@ -135,6 +182,15 @@ class Evolution(Search):
         self.optimizer = ng.optimizers.registry[optimizer](
             parametrization=parametrization, budget=max(generations, 1) * popsize, num_workers=popsize)
         self.name, self.population = optimizer, int(popsize)
+
+    @classmethod
+    def plan(cls, config, backend, transform):
+        ev = config.evolution
+        return lambda theta, horizon: cls(theta, ev.optimizer, popsize=ev.popsize, sigma=ev.sigma,
+                                          seed=config.seed, generations=horizon(ev.popsize))
+
+    def describe(self) -> dict:
+        return {"method": self.kind, "optimizer": self.name, "population": self.population}
 
     def ask(self) -> Asked:
         candidates = [self.optimizer.ask() for _ in range(self.population)]

@@ -51,7 +51,7 @@ class Trainer:
                  make_search: Callable[[torch.Tensor, Callable[[int], int]], Search], train: Dataset,
                  validation: Dataset,
                  test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
-                 eval_every: int = 10, refit_every: int = 0, seed: int = 0,
+                 eval_every: int = 10, seed: int = 0,
                  on_step: Callable[[dict], None] | None = None,
                  on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0):
         self.backend, self.transform, self.label_map = backend, transform, label_map
@@ -59,7 +59,6 @@ class Trainer:
         self.train_set, self.validation, self.test = train, validation, test
         self.batch_size = min(int(batch_size), len(train))
         self.max_steps, self.eval_every, self.seed = int(max_steps), max(int(eval_every), 1), int(seed)
-        self.refit_every = int(refit_every)        # steps between refits of the map; 0: once an epoch
         self.on_step, self.on_checkpoint = on_step, on_checkpoint
         self.checkpoint_every = int(checkpoint_every)
         self.ledger = Ledger(backend, budget)
@@ -139,7 +138,7 @@ class Trainer:
                 "map": self.label_map.state_dict(), "step": 0}
         self._validate(0, best)
 
-        refit_every = self.refit_every or math.ceil(len(self.train_set) / self.batch_size)
+        refit_every = self.label_map.refit_every or math.ceil(len(self.train_set) / self.batch_size)
         self.stream: list[int] = []
         history: list[dict] = []
         step = 0

@@ -11,10 +11,12 @@ estimator variance grows with the dimension d.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from .components import AtLeast, Above, Family
 from .errors import Refusal
 
 
@@ -60,6 +62,22 @@ def _upsample_2d(control: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(control, size=size, mode="bilinear", align_corners=False)
 
 
+def with_subspace(transform: Transform, *, seed: int = 0, subspace: Annotated[int, AtLeast(0)] = 0) -> Transform:
+    """Every kind's shared parameter: search a random ``subspace``-dimensional subspace of θ
+    (0: the whole θ)."""
+    if not subspace:
+        return transform
+    if subspace >= transform.num_params:
+        raise Refusal(f"expected a subspace smaller than the program's {transform.num_params} "
+                      f"parameters, got {subspace}")
+    return Subspace(transform, subspace, seed)
+
+
+#: transform kind → class; built from (target_shape, source_shape, value_range)
+TRANSFORMS = Family("transform", context=("seed",), wrap=with_subspace)
+
+
+@TRANSFORMS.register
 class SignalProgram(Transform):
     """Voice2Series: the z-normalised target series sits in the middle of the source frame;
     a trainable signal fills the rest. x' = pad(z(x)) + M ⊙ δ(θ), M = 0 where the target is.
@@ -70,7 +88,8 @@ class SignalProgram(Transform):
 
     kind = "signal"
 
-    def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0, scale: float = 1.0):
+    def __init__(self, target_shape, source_shape, value_range, *, grid: Annotated[int, AtLeast(0)] = 0,
+                 scale: float = 1.0):
         super().__init__(target_shape, source_shape, value_range)
         if len(self.target_shape) != 1 or len(self.source_shape) != 1:
             raise Refusal(f"the signal program expects 1-D series and a 1-D model input, got "
@@ -108,7 +127,7 @@ class _ImageProgram(Transform):
     """Shared by the image programs: a (C, g, g) grid of parameters (or full resolution when
     ``grid`` is 0), upsampled bilinearly to the model's canvas."""
 
-    def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0):
+    def __init__(self, target_shape, source_shape, value_range, *, grid: Annotated[int, AtLeast(0)] = 0):
         super().__init__(target_shape, source_shape, value_range)
         if len(self.target_shape) != 3 or len(self.source_shape) != 3:
             raise Refusal(f"the {self.kind} program expects images (C, H, W), got target "
@@ -126,6 +145,7 @@ class _ImageProgram(Transform):
         return _upsample_2d(thetas.view(-1, *self.param_shape), (self.height, self.width))
 
 
+@TRANSFORMS.register
 class FrameProgram(_ImageProgram):
     """The image frame program (Elsayed et al.; BAR): the target is resized to ``inner`` pixels
     and placed in the centre of the canvas; the frame around it is trainable and bounded:
@@ -134,8 +154,8 @@ class FrameProgram(_ImageProgram):
 
     kind = "frame"
 
-    def __init__(self, target_shape, source_shape, value_range, *, inner: int = 0, grid: int = 0):
-        super().__init__(target_shape, source_shape, value_range, grid=grid)
+    def __init__(self, target_shape, source_shape, value_range, *, inner: Annotated[int, AtLeast(0)] = 0, **rest):
+        super().__init__(target_shape, source_shape, value_range, **rest)
         self.inner = int(inner) or min(self.height, self.width) // 2
         if not 0 < self.inner <= min(self.height, self.width):
             raise Refusal(f"expected an inner size within the {self.height}x{self.width} canvas, got {self.inner}")
@@ -157,14 +177,15 @@ class FrameProgram(_ImageProgram):
         return canvas[None] + frame[:, None]                         # (P, B, C, H, W)
 
 
+@TRANSFORMS.register
 class AdditiveProgram(_ImageProgram):
     """Full-image additive program: the target is resized to the whole canvas and a bounded
     perturbation is added everywhere: x' = clip(resize(x) + ε·tanh(W))."""
 
     kind = "additive"
 
-    def __init__(self, target_shape, source_shape, value_range, *, grid: int = 0, epsilon: float = 0.5):
-        super().__init__(target_shape, source_shape, value_range, grid=grid)
+    def __init__(self, target_shape, source_shape, value_range, *, epsilon: Annotated[float, Above(0)] = 0.5, **rest):
+        super().__init__(target_shape, source_shape, value_range, **rest)
         self.epsilon = float(epsilon)
 
     def _program(self, thetas, x):
@@ -192,20 +213,3 @@ class Subspace(Transform):
     def describe(self):
         return {**self.inner.describe(), "kind": self.kind, "num_params": self.num_params,
                 "full_params": self.inner.num_params}
-
-
-TRANSFORMS: dict[str, type[Transform]] = {
-    "signal": SignalProgram, "frame": FrameProgram, "additive": AdditiveProgram}
-
-
-def make_transform(kind: str, target_shape, source_shape, value_range, *, subspace: int = 0,
-                   seed: int = 0, **options) -> Transform:
-    if kind not in TRANSFORMS:
-        raise Refusal(f"unknown transform {kind!r}; expected one of: {', '.join(TRANSFORMS)}")
-    transform = TRANSFORMS[kind](target_shape, source_shape, value_range, **options)
-    if subspace:
-        if subspace >= transform.num_params:
-            raise Refusal(f"expected a subspace smaller than the program's {transform.num_params} "
-                          f"parameters, got {subspace}")
-        transform = Subspace(transform, subspace, seed)
-    return transform

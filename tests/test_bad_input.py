@@ -232,7 +232,7 @@ def test_blm_plus_on_a_label_only_endpoint_is_refused_before_the_paid_probe(tmp_
         result = invoke("demo", "--quiet", "--out", out, "--set", "label_map.kind=blm+",
                         *sets(http(server.url, output_kind="label")))
     assert_refused(result, "expected scores (logits, probs or topk) for label_map.kind 'blm+', got a backend "
-                           "answering labels only; use 'blm'", out)
+                           "answering labels only", out)
     assert server.posts == [] and [r.method for r in server.requests] == ["GET"]     # the free health check only
 
 

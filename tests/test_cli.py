@@ -22,7 +22,7 @@ def test_backends_lists_the_installed_plugins():
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--set", "estimator.directons=5"), "error: unknown config key estimator.'directons'; did you mean estimator.'directions'?"),
+    (("--set", "estimator.directons=5"), "error: unknown config key estimator.directons for estimator.kind 'random'; did you mean estimator.directions?"),
     (("--set", "backend.name=onxx"), "error: unknown backend 'onxx'; did you mean 'onnx'? installed: callable, http, onnx"),
     (("--set", "backend.name=ONNX"), "error: unknown backend 'ONNX'; did you mean 'onnx'? installed: callable, http, onnx"),
     (("--set", "data.name=/no/such/file.ts"), "error: "),
@@ -44,7 +44,7 @@ def test_unknown_config_file_key_is_named(tmp_path):
     path.write_text("[estimator]\nkind = 'random'\nsmoothng = 0.1\n")
     result = invoke("train", str(path), "--out", str(tmp_path / "runs"))
     assert result.exit_code == 2
-    assert result.stderr == "error: unknown config key estimator.'smoothng'; did you mean estimator.'smoothing'?\n"
+    assert result.stderr == "error: unknown config key estimator.smoothng for estimator.kind 'random'; did you mean estimator.smoothing?\n"
 
 
 def test_train_writes_the_run_folder_and_evaluate_and_predict_read_it(tmp_path):
@@ -103,7 +103,7 @@ def test_the_demo_preset_documented_in_cli_md_is_the_real_one():
     (("--set", "backend.options={input_shape = [1024], num_classes = 32, foo = 1}"),
      "error: expected backend.options that the callable backend accepts, got ['foo', 'input_shape', 'num_classes']"),
     (("--set", "backend.output=label", "--set", "label_map.kind=blm+"),
-     "error: expected scores (logits, probs or topk) for label_map.kind 'blm+', got a backend answering labels only; use 'blm'"),
+     "error: expected scores (logits, probs or topk) for label_map.kind 'blm+', got a backend answering labels only"),
 ])
 def test_more_refusals_before_any_query(tmp_path, args, message):
     reset_calls()

@@ -1,6 +1,6 @@
 import pytest
 
-from blackbox_reprog.config import ConfigError, load_config, parse_override, to_toml
+from blackbox_reprog.config import ConfigError, load_config, load_run_config, parse_override, to_toml
 
 
 def test_defaults_file_overrides_and_options_in_order(tmp_path):
@@ -19,17 +19,97 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     assert load_config(path) == config
 
 
-@pytest.mark.parametrize("override, message", [
-    ("estimator.directons=5", r"unknown config key estimator.'directons'; did you mean estimator.'directions'\?"),
-    ("budgett=5", r"unknown config key 'budgett'; did you mean 'budget'\?"),
-    ("estimator.directions=2.5", "expected an integer for estimator.directions, got 2.5"),
-    ("label_map.refit=yes", "expected true or false for label_map.refit, got 'yes'"),
-    ("budget", "expected an override like section.key=value, got 'budget'"),
-    ("train=3", "expected a table for train, got 3"),
+@pytest.mark.parametrize("overrides, message", [
+    (["estimator.directons=5"], r"unknown config key estimator.directons for estimator.kind 'random'; did you mean "
+                                r"estimator.directions\?"),
+    (["budgett=5"], r"unknown config key 'budgett'; did you mean 'budget'\?"),
+    (["estimator.directions=2.5"], "expected an integer for estimator.directions, got 2.5"),
+    (["label_map.kind=linear", "label_map.refit=yes"], "expected true or false for label_map.refit, got 'yes'"),
+    (["label_map.refit=true"], "unknown config key label_map.refit for label_map.kind 'frequency'; 'frequency' "
+                               "takes per_class"),
+    (["estimator.kind=spsa", "estimator.distribution=sphere"],
+     "unknown config key estimator.distribution for estimator.kind 'spsa'; 'spsa' takes directions, smoothing"),
+    (["transform.kind=frme"], r"unknown transform.kind 'frme'; did you mean 'frame'\? expected one of: signal, "
+                              "frame, additive"),
+    (["budget"], "expected an override like section.key=value, got 'budget'"),
+    (["train=3"], "expected a table for train, got 3"),
+    (["label_map=3"], "expected a table for label_map, got 3"),
 ])
-def test_bad_keys_and_values_are_refused_with_a_suggestion(override, message):
+def test_bad_keys_and_values_are_refused_with_a_suggestion(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(overrides=(override,))
+        load_config(overrides=tuple(overrides))
+
+
+def test_a_section_holds_its_kinds_parameters_and_only_those():
+    config = load_config(overrides=("estimator.kind=spsa-gc", "estimator.gamma=0.2"))
+    assert config.estimator.as_dict() == {"kind": "spsa-gc", "directions": 10, "smoothing": 0.005,
+                                          "gamma": 0.2, "beta": 0.9}
+    assert "l2" not in to_toml(config) and "blm_lambda" not in to_toml(config)
+
+
+def test_parameters_set_for_another_kind_carry_over_where_the_new_kind_takes_them():
+    # a suite's base sets one kind, a method another: what the new kind takes is kept, the rest dropped
+    base = {"estimator": {"kind": "random", "directions": 5, "smoothing": 0.01, "distribution": "sphere"},
+            "label_map": {"kind": "frequency", "per_class": 5}}
+    method = {"estimator": {"kind": "spsa-gc"}, "label_map": {"kind": "linear", "refit": True}}
+    config = load_config(base=[base, method])
+    assert config.estimator.as_dict() == {"kind": "spsa-gc", "directions": 5, "smoothing": 0.01,
+                                          "gamma": 0.1, "beta": 0.9}
+    assert config.label_map.as_dict() == {"kind": "linear", "l2": 1e-3, "refit": True, "refit_every": 0}
+    # within one layer the parameters are checked against that layer's kind
+    with pytest.raises(ConfigError, match="unknown config key label_map.per_class for label_map.kind 'linear'"):
+        load_config(base=[{"label_map": {"kind": "linear", "per_class": 5}}])
+
+
+def test_a_run_folder_written_with_every_kinds_parameters_still_loads(tmp_path):
+    # config.toml as blackbox-reprog wrote it before component sections (a0caef1): each section lists
+    # the parameters of every kind
+    old = (tmp_path / "config.toml")
+    old.write_text(OLD_LAYOUT)
+    config = load_run_config(tmp_path)
+    assert config.estimator.as_dict() == {"kind": "spsa", "directions": 4, "smoothing": 0.02}
+    assert config.label_map.as_dict() == {"kind": "frequency", "per_class": 3}
+    assert config.optimizer.as_dict() == {"kind": "adam", "lr": 0.3, "schedule": "cosine", "decay": 0.96,
+                                          "power": 0.4, "offset": 1.0}
+    with pytest.raises(ConfigError, match="unknown config key transform.inner for transform.kind 'signal'"):
+        load_config(old)                           # a user's file is checked strictly
+
+
+OLD_LAYOUT = """seed = 0
+budget = 1500
+[transform]
+kind = "signal"
+grid = 16
+scale = 1.0
+inner = 0
+epsilon = 0.5
+subspace = 0
+[label_map]
+kind = "frequency"
+per_class = 3
+l2 = 0.001
+refit = false
+refit_every = 0
+blm_lambda = 1.0
+blm_topk = 0
+[loss]
+kind = "ce"
+gamma = 2.0
+margin = 1.0
+[estimator]
+kind = "spsa"
+directions = 4
+smoothing = 0.02
+distribution = "gaussian"
+[optimizer]
+kind = "adam"
+lr = 0.3
+momentum = 0.9
+schedule = "cosine"
+decay = 0.96
+power = 0.4
+offset = 1.0
+"""
 
 
 def test_unreadable_and_invalid_files(tmp_path):
@@ -59,3 +139,16 @@ def test_override_values_are_toml_with_bare_word_strings():
 def test_values_out_of_range_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=(override,))
+
+
+def test_the_config_reference_lists_every_kind_with_its_parameters():
+    # docs/cli.md's table of component sections follows the registries: a new kind or parameter
+    # must be documented there
+    from pathlib import Path
+
+    from blackbox_reprog.config import FAMILIES, toml_value
+    page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    for section, family in FAMILIES.items():
+        for row in family.describe():
+            parameters = ", ".join(f"`{k} = {toml_value(v)}`" for k, v in row["parameters"].items()) or "—"
+            assert f"| `{section}` | `{row['kind']}` | {parameters} |" in page, (section, row["kind"])

@@ -12,7 +12,7 @@ so a cosine > 0.98 is a safe threshold that a biased or wrongly scaled estimator
 import pytest
 import torch
 
-from blackbox_reprog.estimators import ESTIMATORS, make_estimator
+from blackbox_reprog.estimators import ESTIMATORS
 
 D = 100
 
@@ -37,7 +37,8 @@ def quadratic():
 ])
 def test_mean_estimate_matches_true_gradient(kind, directions, smoothing, distribution):
     f, true_grad, theta = quadratic()
-    est = make_estimator(kind, D, directions=directions, smoothing=smoothing, distribution=distribution)
+    shape = {"distribution": distribution} if ESTIMATORS.takes(kind, "distribution") else {}
+    est = ESTIMATORS.make(kind, D, directions=directions, smoothing=smoothing, **shape)
     gen = torch.Generator().manual_seed(1)
     n = 3000
     total = torch.zeros(D)
@@ -53,7 +54,7 @@ def test_mean_estimate_matches_true_gradient(kind, directions, smoothing, distri
 
 def test_coordinate_with_all_coordinates_is_exact_on_a_quadratic():
     f, true_grad, theta = quadratic()
-    est = make_estimator("coordinate", D, directions=D, smoothing=1e-2)
+    est = ESTIMATORS.make("coordinate", D, directions=D, smoothing=1e-2)
     proposal = est.propose(theta, torch.Generator().manual_seed(0))
     g = est.estimate(proposal, f(proposal.thetas))
     assert torch.allclose(g, true_grad, rtol=1e-2, atol=5e-2)   # float32 round-off only
@@ -61,7 +62,7 @@ def test_coordinate_with_all_coordinates_is_exact_on_a_quadratic():
 
 def test_spsa_gc_adds_the_momentum_correction():
     f, true_grad, theta = quadratic()
-    est = make_estimator("spsa-gc", D, directions=5, smoothing=1e-2)
+    est = ESTIMATORS.make("spsa-gc", D, directions=5, smoothing=1e-2)
     gen = torch.Generator().manual_seed(0)
     proposal = est.propose(theta, gen)
     first = est.estimate(proposal, f(proposal.thetas))
@@ -73,7 +74,7 @@ def test_spsa_gc_adds_the_momentum_correction():
 def test_spsa_gc_divides_by_the_perturbation_size_it_used():
     """c_k shrinks every step (c/k^γ): the difference quotient must divide by the c_k the
     programs were perturbed with, not the next one (2^0.1, 7 % too large on the first step)."""
-    est = make_estimator("spsa-gc", 1, directions=3, smoothing=0.1)
+    est = ESTIMATORS.make("spsa-gc", 1, directions=3, smoothing=0.1)
     gen = torch.Generator().manual_seed(0)
     theta = torch.zeros(1)
     for _ in range(3):                          # f(θ) = 3θ: in one dimension every draw gives 3 exactly
@@ -83,15 +84,15 @@ def test_spsa_gc_divides_by_the_perturbation_size_it_used():
 
 
 def test_populations_match_documented_costs():
-    assert make_estimator("random", 8, directions=20, smoothing=0.01).population == 21
-    assert make_estimator("antithetic", 8, directions=3, smoothing=0.01).population == 6
-    assert make_estimator("spsa", 8, directions=1, smoothing=0.01).population == 2
+    assert ESTIMATORS.make("random", 8, directions=20, smoothing=0.01).population == 21
+    assert ESTIMATORS.make("antithetic", 8, directions=3, smoothing=0.01).population == 6
+    assert ESTIMATORS.make("spsa", 8, directions=1, smoothing=0.01).population == 2
 
 
 def test_same_seed_same_perturbations():
-    for kind in ESTIMATORS:
-        a = make_estimator(kind, 16, directions=4, smoothing=0.01)
-        b = make_estimator(kind, 16, directions=4, smoothing=0.01)
+    for kind in ESTIMATORS.kinds():
+        a = ESTIMATORS.make(kind, 16, directions=4, smoothing=0.01)
+        b = ESTIMATORS.make(kind, 16, directions=4, smoothing=0.01)
         theta = torch.zeros(16)
         assert torch.equal(a.propose(theta, torch.Generator().manual_seed(7)).thetas,
                            b.propose(theta, torch.Generator().manual_seed(7)).thetas)
@@ -100,9 +101,9 @@ def test_same_seed_same_perturbations():
 def test_an_estimator_keeps_nothing_between_propose_and_estimate():
     """Two proposals in flight at once are each estimated from their own directions."""
     f, _, theta = quadratic()
-    est = make_estimator("antithetic", D, directions=2, smoothing=1e-2)
+    est = ESTIMATORS.make("antithetic", D, directions=2, smoothing=1e-2)
     gen = torch.Generator().manual_seed(3)
     first, second = est.propose(theta, gen), est.propose(theta, gen)
-    alone = make_estimator("antithetic", D, directions=2, smoothing=1e-2)
+    alone = ESTIMATORS.make("antithetic", D, directions=2, smoothing=1e-2)
     assert torch.equal(est.estimate(first, f(first.thetas)), alone.estimate(first, f(first.thetas)))
     assert not torch.equal(first.directions, second.directions)

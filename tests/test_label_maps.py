@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from blackbox_reprog.backend import Prediction
-from blackbox_reprog.label_maps import make_label_map, target_accuracy
+from blackbox_reprog.label_maps import LABEL_MAPS, target_accuracy
 from blackbox_reprog.outputs import source_log_probs
 
 
@@ -19,16 +19,16 @@ def test_frequency_map_greedy_hand_case():
     # counts C[s, t]: s0→t0 ×3, s1→t0 ×2, s1→t1 ×1, s2→t1 ×2, s3→t1 ×1
     top1 = [0, 0, 0, 1, 1, 1, 2, 2, 3]
     y = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1])
-    m = make_label_map("frequency", 5, 2, per_class=1).fit(log_probs_from_top1(top1, 5), y)
+    m = LABEL_MAPS.make("frequency", 5, 2, per_class=1).fit(log_probs_from_top1(top1, 5), y)
     # largest is (s0, t0)=3 → t0 full; next (s2, t1)=2 → t1 full
     assert m.sources_of(0) == [0] and m.sources_of(1) == [2]
-    m2 = make_label_map("frequency", 5, 2, per_class=2).fit(log_probs_from_top1(top1, 5), y)
+    m2 = LABEL_MAPS.make("frequency", 5, 2, per_class=2).fit(log_probs_from_top1(top1, 5), y)
     # then (s1, t0)=2 completes t0; s1 is retired so t1 takes s3 (count 1)
     assert m2.sources_of(0) == [0, 1] and m2.sources_of(1) == [2, 3]
 
 
 def test_many_to_one_scores_are_the_mean_probability_of_the_sources():
-    m = make_label_map("frequency", 4, 2, per_class=2)
+    m = LABEL_MAPS.make("frequency", 4, 2, per_class=2)
     m.assignment = torch.tensor([0, 1, 0, 1])
     p = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
     out = m(p.log())
@@ -36,9 +36,9 @@ def test_many_to_one_scores_are_the_mean_probability_of_the_sources():
 
 
 def test_random_map_is_seeded_and_needs_no_fit():
-    a = make_label_map("random", 100, 3, per_class=5, seed=1)
-    b = make_label_map("random", 100, 3, per_class=5, seed=1)
-    c = make_label_map("random", 100, 3, per_class=5, seed=2)
+    a = LABEL_MAPS.make("random", 100, 3, per_class=5, seed=1)
+    b = LABEL_MAPS.make("random", 100, 3, per_class=5, seed=1)
+    c = LABEL_MAPS.make("random", 100, 3, per_class=5, seed=2)
     assert torch.equal(a.assignment, b.assignment) and not torch.equal(a.assignment, c.assignment)
     assert not a.needs_fit and all(len(a.sources_of(t)) == 5 for t in range(3))
 
@@ -49,25 +49,25 @@ def test_linear_head_learns_a_separable_task():
     features = torch.randn(300, 20, generator=g)
     features[torch.arange(300), y] += 5.0                      # class signal in 3 source outputs
     log_probs = torch.log_softmax(features, dim=1)
-    head = make_label_map("linear", 20, 3).fit(log_probs[:200], y[:200])
+    head = LABEL_MAPS.make("linear", 20, 3).fit(log_probs[:200], y[:200])
     assert target_accuracy(head(log_probs[200:]), y[200:]) > 0.9
     assert head(log_probs[None, :5]).shape == (1, 5, 3)       # population axis passes through
 
 
 def test_iterative_map_refits_each_epoch():
-    assert make_label_map("iterative", 10, 2, per_class=2).refit_each_epoch
-    assert not make_label_map("frequency", 10, 2).refit_each_epoch
+    assert LABEL_MAPS.make("iterative", 10, 2, per_class=2).refit_each_epoch
+    assert not LABEL_MAPS.make("frequency", 10, 2).refit_each_epoch
 
 
 @pytest.mark.parametrize("kind, args, message", [
     ("frequency", (10, 20), "expected at most 10 target classes for a model with 10 classes, got 20"),
     ("frequency", (10, 3), r"expected per_class × classes ≤ 10, got 4 × 3"),
-    ("bayes", (10, 2), "unknown label map 'bayes'; expected one of: random, frequency, iterative, linear, blm, blm\\+"),
+    ("bayes", (10, 2), "unknown label_map.kind 'bayes'; expected one of: random, frequency, iterative, linear, blm, blm\\+"),
     ("blm", (10, 20), "expected at most 10 target classes for a model with 10 classes, got 20"),
 ])
 def test_maps_the_model_cannot_cover_are_refused(kind, args, message):
     with pytest.raises(ValueError, match=message):
-        make_label_map(kind, *args, per_class=4 if args == (10, 3) else 1)
+        LABEL_MAPS.make(kind, *args, **({"per_class": 4} if args == (10, 3) else {}))
 
 
 # BLM hand case, 3 source × 2 target, λ = 1. Counts C[s, t]:
@@ -83,7 +83,7 @@ BLM_OMEGA = torch.tensor([[6 / 11, 3 / 13],
 
 
 def test_blm_weights_and_scores_hand_case():
-    m = make_label_map("blm", 3, 2).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
+    m = LABEL_MAPS.make("blm", 3, 2).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
     assert torch.allclose(m.omega, BLM_OMEGA, atol=1e-6)
     # p = [0.5, 0.3, 0.2]: t0 = 0.5·6/11 + 0.3·5/11 = 9/22, t1 = 0.5·3/13 + 0.2·10/13 = 7/26
     out = m(torch.tensor([[0.5, 0.3, 0.2]]).log())
@@ -94,20 +94,20 @@ def test_blm_weights_and_scores_hand_case():
 def test_blm_lambda_changes_the_weights():
     # λ = 0: ω_raw rows are the conditional frequencies [3/4, 1/4], [1, 0], [0, 1];
     # columns sum to 7/4 and 5/4
-    m = make_label_map("blm", 3, 2, blm_lambda=0.0).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
+    m = LABEL_MAPS.make("blm", 3, 2, blm_lambda=0.0).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
     assert torch.allclose(m.omega, torch.tensor([[3 / 7, 1 / 5], [4 / 7, 0.0], [0.0, 4 / 5]]), atol=1e-6)
 
 
 def test_blm_from_label_only_answers_equals_the_count_based_map():
     # a label-only API gives ε-smoothed one-hot log-probabilities; only their argmax is counted
     label_only = source_log_probs(Prediction("label", 3, labels=np.array(BLM_TOP1)[:, None]))
-    m = make_label_map("blm", 3, 2).fit(label_only, BLM_Y)
+    m = LABEL_MAPS.make("blm", 3, 2).fit(label_only, BLM_Y)
     assert torch.allclose(m.omega, BLM_OMEGA, atol=1e-6)
 
 
 def test_blm_target_class_without_examples_gets_a_uniform_column():
     # no example of t2: column 2 is 1/3 everywhere, so t2 scores log(1/3) for any input
-    m = make_label_map("blm", 3, 3).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
+    m = LABEL_MAPS.make("blm", 3, 3).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
     assert torch.allclose(m.omega[:, :2], BLM_OMEGA, atol=1e-6)
     assert torch.allclose(m.omega[:, 2], torch.tensor([1 / 3] * 3))
     out = m(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]).log())
@@ -123,7 +123,7 @@ def test_blm_plus_sums_top_k_probabilities_hand_case():
     y = torch.tensor([0, 0, 1])
     # C = [[0.7, 0], [0.9, 0], [0, 0.3], [0, 0.4]]; rows + λ: 1.7, 1.9, 1.3, 1.4
     # ω_raw = [[7/17, 0], [9/19, 0], [0, 3/13], [0, 2/7]]; columns: 286/323 and 47/91
-    m = make_label_map("blm+", 4, 2, blm_topk=2).fit(p.log(), y)
+    m = LABEL_MAPS.make("blm+", 4, 2, blm_topk=2).fit(p.log(), y)
     assert m.topk == 2 and m.refit_each_epoch
     expected = torch.tensor([[133 / 286, 0.0],
                              [153 / 286, 0.0],
@@ -139,38 +139,41 @@ def test_blm_plus_with_k_1_on_one_hot_answers_equals_blm():
     # top-1 probabilities of 1 make BLM+'s sums the BLM counts
     onehot = torch.full((7, 3), 1e-30)
     onehot[torch.arange(7), torch.tensor(BLM_TOP1)] = 1.0
-    m = make_label_map("blm+", 3, 2, blm_topk=1).fit(onehot.log(), BLM_Y)
+    m = LABEL_MAPS.make("blm+", 3, 2, blm_topk=1).fit(onehot.log(), BLM_Y)
     assert torch.allclose(m.omega, BLM_OMEGA, atol=1e-6)
 
 
 @pytest.mark.parametrize("num_target, k", [(2, 1), (6, 1), (7, 1), (10, 1), (14, 2), (100, 15), (397, 59)])
 def test_blm_plus_default_k_is_15_percent_of_the_target_classes(num_target, k):
-    assert make_label_map("blm+", 1000, num_target).topk == k
-    assert make_label_map("blm+", 1000, num_target, blm_topk=0).topk == k
+    assert LABEL_MAPS.make("blm+", 1000, num_target).topk == k
+    assert LABEL_MAPS.make("blm+", 1000, num_target, blm_topk=0).topk == k
 
 
 @pytest.mark.parametrize("kind, options, message", [
     ("blm+", {"blm_topk": 11}, r"expected a BLM\+ top-k in \[1, 10\], got 11"),
-    ("blm+", {"blm_topk": -1}, r"expected a BLM\+ top-k in \[1, 10\], got -1"),
-    ("blm", {"blm_lambda": -1.0}, "expected a Laplace smoothing λ ≥ 0, got -1.0"),
+    ("blm+", {"blm_topk": -1}, r"expected label_map.blm_topk at least 0, got -1"),
+    ("blm", {"blm_lambda": -1.0}, "expected label_map.blm_lambda at least 0, got -1.0"),
+    ("blm", {"blm_topk": 2}, "unknown config key label_map.blm_topk for label_map.kind 'blm'; 'blm' takes "
+                             "blm_lambda, refit_every"),
 ])
 def test_blm_options_out_of_range_are_refused(kind, options, message):
     with pytest.raises(ValueError, match=message):
-        make_label_map(kind, 10, 2, **options)
+        LABEL_MAPS.make(kind, 10, 2, **options)
 
 
 def test_blm_refuses_labels_outside_the_target_classes():
     with pytest.raises(ValueError, match=r"expected target labels in \[0, 2\), got labels in \[0, 2\]"):
-        make_label_map("blm", 3, 2).fit(log_probs_from_top1([0, 1], 3), torch.tensor([0, 2]))
+        LABEL_MAPS.make("blm", 3, 2).fit(log_probs_from_top1([0, 1], 3), torch.tensor([0, 2]))
 
 
 @pytest.mark.parametrize("kind", ["blm", "blm+"])
 def test_blm_state_round_trips_through_a_weights_only_load(kind):
-    m = make_label_map(kind, 3, 2, blm_topk=2).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
+    topk = {"blm_topk": 2} if kind == "blm+" else {}
+    m = LABEL_MAPS.make(kind, 3, 2, **topk).fit(log_probs_from_top1(BLM_TOP1, 3), BLM_Y)
     buffer = io.BytesIO()
     torch.save(m.state_dict(), buffer)
     buffer.seek(0)
-    fresh = make_label_map(kind, 3, 2, blm_topk=2)
+    fresh = LABEL_MAPS.make(kind, 3, 2, **topk)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     x = torch.log_softmax(torch.randn(2, 5, 3), dim=-1)          # (P, B, C)
     assert fresh(x).shape == (2, 5, 2) and torch.equal(fresh(x), m(x))

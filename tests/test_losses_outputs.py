@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from blackbox_reprog.backend import Prediction
-from blackbox_reprog.losses import make_loss
+from blackbox_reprog.losses import LOSSES
 from blackbox_reprog.outputs import FLOOR, LABEL_EPSILON, source_log_probs
 
 
 def test_cross_entropy_matches_torch_per_population_row():
     logits = torch.randn(4, 6, 3)                                # (P, B, K)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    ours = make_loss("ce")(logits, y)
+    ours = LOSSES.make("ce")(logits, y)
     ref = torch.stack([torch.nn.functional.cross_entropy(l, y) for l in logits])
     assert torch.allclose(ours, ref, atol=1e-6)
 
@@ -18,12 +18,12 @@ def test_cross_entropy_matches_torch_per_population_row():
 def test_focal_loss_with_gamma_zero_is_class_weighted_cross_entropy():
     logits = torch.randn(2, 5, 2)
     y = torch.tensor([0, 0, 0, 0, 1])
-    focal = make_loss("focal", gamma=0.0, class_counts=[4, 1])
+    focal = LOSSES.make("focal", gamma=0.0, class_counts=[4, 1])
     w = torch.tensor([0.25, 1.0]); w = w / w.sum() * 2
     ref = torch.stack([(torch.nn.functional.cross_entropy(l, y, reduction="none") * w[y]).mean() for l in logits])
     assert torch.allclose(focal(logits, y), ref, atol=1e-6)
     # γ = 2 down-weights confident examples: always ≤ the γ = 0 loss
-    assert (make_loss("focal", gamma=2.0, class_counts=[4, 1])(logits, y) <= focal(logits, y) + 1e-7).all()
+    assert (LOSSES.make("focal", gamma=2.0, class_counts=[4, 1])(logits, y) <= focal(logits, y) + 1e-7).all()
 
 
 def test_logits_and_probs_give_the_same_log_probabilities():
@@ -68,9 +68,9 @@ def test_margin_loss_hand_case():
                             [0.0, 5.0, 0.0],      # y=0 trails class 1 by 5: 1 + 5 = 6
                             [0.0, 0.0, 0.5]]])    # y=2 leads by 0.5: 1 − 0.5 = 0.5
     y = torch.tensor([0, 0, 2])
-    assert torch.allclose(make_loss("margin")(scores, y), torch.tensor([2.7 / 3, 7.5 / 3]))
+    assert torch.allclose(LOSSES.make("margin")(scores, y), torch.tensor([2.7 / 3, 7.5 / 3]))
     # κ = 0.5: 0, 1.0, 0.7 and 0.5, 5.5, 0
-    assert torch.allclose(make_loss("margin", margin=0.5)(scores, y), torch.tensor([1.7 / 3, 6.0 / 3]))
+    assert torch.allclose(LOSSES.make("margin", margin=0.5)(scores, y), torch.tensor([1.7 / 3, 6.0 / 3]))
 
 
 def test_zero_one_loss_hand_case():
@@ -78,14 +78,15 @@ def test_zero_one_loss_hand_case():
                            [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])   # (P=2, B=4, K=2)
     y = torch.tensor([0, 0, 1, 1])
     # row 0: right, wrong, right, tie → class 0, wrong; row 1: wrong, right, right, right
-    assert torch.equal(make_loss("zero-one")(scores, y), torch.tensor([0.5, 0.25]))
-    assert make_loss("zero-one")(scores[0], y).shape == ()
+    assert torch.equal(LOSSES.make("zero-one")(scores, y), torch.tensor([0.5, 0.25]))
+    assert LOSSES.make("zero-one")(scores[0], y).shape == ()
 
 
 @pytest.mark.parametrize("kind, options, message", [
-    ("hinge", {}, "unknown loss 'hinge'; expected one of: ce, focal, margin, zero-one"),
-    ("margin", {"margin": -1.0}, "expected a margin κ ≥ 0, got -1.0"),
+    ("hinge", {}, "unknown loss.kind 'hinge'; expected one of: ce, focal, margin, zero-one"),
+    ("margin", {"margin": -1.0}, "expected loss.margin at least 0, got -1.0"),
+    ("ce", {"gamma": 2.0}, "unknown config key loss.gamma for loss.kind 'ce'; 'ce' takes no parameters"),
 ])
 def test_bad_losses_are_refused(kind, options, message):
     with pytest.raises(ValueError, match=message):
-        make_loss(kind, **options)
+        LOSSES.make(kind, **options)

@@ -11,7 +11,7 @@ from blackbox_reprog.config import load_config
 from blackbox_reprog.ledger import BudgetExceeded, Ledger
 from blackbox_reprog.runner import build, run
 from blackbox_reprog.search import Evolution
-from blackbox_reprog.transforms import make_transform
+from blackbox_reprog.transforms import TRANSFORMS
 from tests.models import signal_model
 
 
@@ -73,7 +73,7 @@ def test_evolution_refuses_unknown_names_and_the_cma_trap(name, dim, message):
 
 
 def test_subspace_maps_a_small_theta_onto_the_program():
-    t = make_transform("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=8, seed=3)
+    t = TRANSFORMS.make("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=8, seed=3)
     assert t.num_params == 8 and t.inner.num_params == 64
     z, x = torch.randn(5, 8), torch.randn(2, 24)
     out = t(z, x)                                                    # (P, B, L)
@@ -81,7 +81,7 @@ def test_subspace_maps_a_small_theta_onto_the_program():
     assert torch.equal(out, t.inner(z @ t.projection.T, x))
     assert abs(float(t.projection.std()) - 8 ** -0.5) < 0.05          # entries N(0, 1/k)
     with pytest.raises(ValueError, match="expected a subspace smaller than the program's 64 parameters, got 64"):
-        make_transform("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=64)
+        TRANSFORMS.make("signal", (24,), (1024,), (-10.0, 10.0), grid=64, subspace=64)
 
 
 def test_whitebox_needs_a_backend_with_gradients():

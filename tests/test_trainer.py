@@ -92,7 +92,7 @@ def test_non_finite_losses_never_reach_the_step_rule():
 
 
 def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
-    from blackbox_reprog.label_maps import make_label_map, target_accuracy
+    from blackbox_reprog.label_maps import LABEL_MAPS, target_accuracy
     from blackbox_reprog.ledger import Ledger
     cfg = config(budget=20000, **{"label_map.kind": "iterative", "optimizer.lr": 0.1, "train.eval_every": 1000})
     components = build(cfg, backend=backend())
@@ -100,7 +100,7 @@ def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
     t = components.trainer
     t.ledger = Ledger(t.backend, None)
     zero = torch.zeros(t.transform.num_params)
-    first_map = make_label_map("frequency", 32, 2, per_class=4).fit(
+    first_map = LABEL_MAPS.make("frequency", 32, 2, per_class=4).fit(
         t._dataset_log_probs(zero, components.splits.train, "label-map"), torch.as_tensor(components.splits.train.y))
     expected = target_accuracy(first_map(t._dataset_log_probs(zero, components.splits.test, "test")),
                                torch.as_tensor(components.splits.test.y))

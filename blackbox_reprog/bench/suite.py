@@ -8,7 +8,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig, flatten, load_config, merge
+from ..config import ConfigError, RunConfig, flatten, load_config, merged
 from ..errors import Refusal
 
 
@@ -79,18 +79,16 @@ class Suite:
         return next(m for m in self.methods if m.name == name)
 
     def config(self, cell: Cell, out: Path) -> RunConfig:
-        """The cell's run config: base < pair < method < budget, seed, folder."""
-        values: dict = {}
-        for key, value in flatten(self.base):
-            values = merge(values, key, value)
-        for settings in (self.pair(cell.pair).settings, self.method(cell.method).settings):
-            for key, value in settings.items():
-                values = merge(values, key.split("."), value)
+        """The cell's run config: base < pair < method < budget, seed, folder. Each is a layer:
+        a component's parameters set in the base carry over to a kind the method names where
+        that kind takes them (config.compose)."""
+        layers = [self.base] + [merged([(key.split("."), value) for key, value in settings.items()])
+                                for settings in (self.pair(cell.pair).settings, self.method(cell.method).settings)]
         # a baseline spends only its map fit and is measured at every budget that pays for it:
         # its run config's budget is no limit (it must only admit one step it never takes)
         budget = 10**12 if cell.budget is None else cell.budget
-        values.update(seed=cell.seed, budget=budget, out=str(out), name="run")
-        return load_config(base=values)
+        layers.append({"seed": cell.seed, "budget": budget, "out": str(out), "name": "run"})
+        return load_config(base=layers)
 
     def missing(self, pair: Pair) -> str:
         """Why a pair's cells are skipped ("" when they run)."""
