@@ -14,12 +14,12 @@ from blackbox_reprog.cli import DEMO, main
 from blackbox_reprog.config import load_config, to_toml
 from blackbox_reprog.data import load
 from blackbox_reprog.export import _Head, _Program, _to_onnx
-from blackbox_reprog.label_maps import make_label_map
+from blackbox_reprog.label_maps import LABEL_MAPS
 from blackbox_reprog.outputs import source_log_probs
 from blackbox_reprog.predict import read_inputs
 from blackbox_reprog.registry import create_backend
 from blackbox_reprog.runner import Run
-from blackbox_reprog.transforms import make_transform
+from blackbox_reprog.transforms import TRANSFORMS
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -56,7 +56,7 @@ def finished(tmp_path_factory):
     assert summary["best_step"] > 0 and saved["theta"].abs().sum() > 0    # a program to bake, not zeros
     _, test = load("ItalyPowerDemand")
     answers = np.concatenate(backend.answers)[-len(test):]               # (N, 360) the final test pass
-    map_ = make_label_map("iterative", 360, 2, per_class=10)
+    map_ = LABEL_MAPS.make("iterative", 360, 2, per_class=10)
     map_.load_state_dict(saved["label_map"])
     trainer_labels = map_(source_log_probs(Prediction("logits", 360, scores=answers))).argmax(dim=1).numpy()
     return {"run": run_dir, "summary": summary, "test": test, "trainer_labels": trainer_labels,
@@ -112,7 +112,7 @@ def test_predict_reads_series_one_per_line_and_prints_them(finished, counted, pr
     ("one.npy", lambda p: np.save(p, np.zeros(24)), "expected target examples of shape (24,), got ()"),
     ("long.csv", lambda p: p.write_text(",".join(["0.5"] * 25) + "\n"), "expected target examples of shape (24,), got (25,)"),
     ("ragged.txt", lambda p: p.write_text("1 2 3\n1 2\n"), "expected every series in ragged.txt to have 3 values like line 1, got 2 on line 2"),
-    ("nan.csv", lambda p: p.write_text(",".join(["nan"] * 24) + "\n"), "expected finite target examples, got NaN or infinity in example 0"),
+    ("nan.csv", lambda p: p.write_text(",".join(["nan"] * 24) + "\n"), "expected finite target examples, got NaN or infinity in example 1"),
     ("rows.xlsx", lambda p: p.write_text("0.5\n"), "expected a dataset (.ts, .npz, .txt), an array (.npy, .npz), a series "
      "(.csv, .txt) or image (.png, .jpg, .jpeg) file, or a folder of images, got 'rows.xlsx'"),
 ])
@@ -205,7 +205,7 @@ def run_onnx(module, example, x, outputs):
     ("additive", (3, 8, 8), (3, 16, 16), {"grid": 4, "epsilon": 0.3}),
 ])
 def test_the_exported_program_is_the_torch_program(kind, target, source, options):
-    transform = make_transform(kind, target, source, (0.0, 1.0) if len(source) == 3 else (-10.0, 10.0), **options)
+    transform = TRANSFORMS.make(kind, target, source, (0.0, 1.0) if len(source) == 3 else (-10.0, 10.0), **options)
     generator = torch.Generator().manual_seed(0)
     theta = torch.randn(transform.num_params, generator=generator)
     x = torch.rand(5, *target, generator=generator)
@@ -222,7 +222,8 @@ def test_the_exported_head_is_the_label_map(map_kind, model_kind, seen_kind):
     answers = logits if model_kind == "logits" else torch.softmax(logits, dim=1)        # (N, C) the model's
     seen = answers if seen_kind == model_kind else torch.softmax(answers, dim=1)         # (N, C) what the run saw
     log_probs = source_log_probs(Prediction(seen_kind, 12, scores=seen.numpy()))
-    label_map = make_label_map(map_kind, 12, 3, per_class=2, seed=0).fit(log_probs, torch.arange(40) % 3)
+    many_to_one = {"per_class": 2} if LABEL_MAPS.takes(map_kind, "per_class") else {}
+    label_map = LABEL_MAPS.make(map_kind, 12, 3, seed=0, **many_to_one).fit(log_probs, torch.arange(40) % 3)
     scores, label = run_onnx(_Head(label_map, model_kind, seen_kind), answers[:2], answers.numpy(), ["scores", "label"])
     want = label_map(log_probs)
     assert np.abs(scores - want.numpy()).max() < 1e-5 and label.tolist() == want.argmax(dim=1).tolist()

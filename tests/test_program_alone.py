@@ -1,6 +1,7 @@
 """A finished program loads from its run folder alone: predict and evaluate need the model,
 not the training data (issue 20, item 3)."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 
 from blackbox_reprog.config import load_config
 from blackbox_reprog.data import make_splits
+from blackbox_reprog.errors import Refusal
+from blackbox_reprog.program import Program
 from blackbox_reprog.runner import run
 
 BBREPROG = str(Path(sys.executable).with_name("bbreprog"))
@@ -49,9 +52,51 @@ def test_predict_works_after_the_training_data_are_deleted(finished, tmp_path):
 def test_program_pt_records_what_rebuilding_needs(finished):
     run_dir, _, _ = finished
     saved = torch.load(run_dir / "program.pt", weights_only=True)
-    assert saved["format"] == 2 and saved["target_shape"] == [24]
+    assert saved["format"] == 3 and saved["target_shape"] == [24] and saved["seed"] == 0
     assert saved["model"]["num_classes"] == 360 and saved["model"]["input_shape"] == [1024]
     assert saved["classes"] == ["0", "1"]                   # the .npz held class indices
+    assert saved["components"] == {"transform": {"kind": "signal", "grid": 16, "scale": 1.0, "subspace": 0},
+                                   "label_map": {"kind": "frequency", "per_class": 4}}
+
+
+def test_program_pt_alone_rebuilds_the_program(finished, tmp_path):
+    # no config.toml, no data, no backend: the same transform and map, scoring the same answers alike
+    run_dir, _, splits = finished
+    (tmp_path / "program.pt").write_bytes((run_dir / "program.pt").read_bytes())
+    alone, whole = Program.load(tmp_path), Program.load(run_dir)
+    assert alone.config is None and alone.backend is None
+    assert alone.transform.num_params == 16 and alone.classes == ["0", "1"]
+    x = torch.as_tensor(splits.test.x[:5])
+    assert torch.equal(alone.transform(alone.theta[None], x), whole.transform(whole.theta[None], x))
+    answers = torch.log_softmax(torch.randn(5, 360, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.equal(alone.label_map(answers), whole.label_map(answers))
+    with pytest.raises(Refusal, match="expected --data naming a dataset, got none and no config.toml"):
+        alone.evaluate()
+
+
+A0CAEF1 = Path(__file__).parent / "fixtures" / "run_a0caef1"
+
+
+def test_a_run_folder_written_by_a0caef1_still_evaluates_predicts_and_reports(tmp_path):
+    # written by blackbox-reprog at commit a0caef1: config.toml lists every kind's parameters,
+    # program.pt is format 1 (θ, map, classes); result.json describes the model
+    folder = tmp_path / "old"
+    shutil.copytree(A0CAEF1, folder)
+    recorded = json.loads((folder / "result.json").read_text())
+    done = subprocess.run([BBREPROG, "evaluate", str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads(done.stdout)
+    assert evaluated["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
+    assert evaluated["examples"] == recorded["data"]["test"]
+    splits = make_splits("ItalyPowerDemand", validation_fraction=0.25, seed=0)
+    inputs = tmp_path / "new.npy"
+    np.save(inputs, splits.test.x[:5])
+    done = subprocess.run([BBREPROG, "predict", str(folder), str(inputs)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 6
+    done = subprocess.run([BBREPROG, "report", str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "frequency (per_class 4)" in (folder / "report.md").read_text()
 
 
 def test_a_program_written_before_format_2_without_its_data_is_refused_naming_the_version(finished, tmp_path):

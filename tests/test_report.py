@@ -42,14 +42,13 @@ def finished(tmp_path_factory):
 def no_model(monkeypatch, counted):
     """Building a backend fails, and examples that reach the ONNX model are counted: the
     report must need neither."""
-    import blackbox_reprog.program
     import blackbox_reprog.registry
     import blackbox_reprog.runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("the report built a backend")
 
-    for module in (blackbox_reprog.registry, blackbox_reprog.runner, blackbox_reprog.program):
+    for module in (blackbox_reprog.registry, blackbox_reprog.runner):
         monkeypatch.setattr(module, "create_backend", refuse)
     return counted
 
