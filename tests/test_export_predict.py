@@ -214,7 +214,7 @@ def test_the_exported_program_is_the_torch_program(kind, target, source, options
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
 
 
-@pytest.mark.parametrize("map_kind", ["random", "frequency", "linear", "blm", "blm+"])
+@pytest.mark.parametrize("map_kind", LABEL_MAPS.kinds())     # every registered map exports
 @pytest.mark.parametrize("model_kind, seen_kind", [("logits", "logits"), ("logits", "probs"), ("probs", "probs")])
 def test_the_exported_head_is_the_label_map(map_kind, model_kind, seen_kind):
     generator = torch.Generator().manual_seed(1)
