@@ -10,6 +10,7 @@
   Needs top-1 only. Refitted every epoch, as the authors do.
 - ``blm+`` (BLM+): as BLM, with C[s, t] the summed top-k source probabilities of the examples
   of class t. Needs scores (probs, logits or top-k with k at least the map's k).
+- ``knn``: the k nearest training examples by their answers vote.
 
 A many-to-one map scores target class j by the mean probability of its source labels,
 h_j = mean_{s∈S_j} p_s (BAR's multi-label mapping), returned as log h_j.
@@ -332,6 +333,65 @@ class BLMPlus(BayesianMap):
         kept = torch.zeros_like(probs).scatter_(1, top_indices, top_values)  # (N, C) top-k only
         onehot = torch.nn.functional.one_hot(y, self.num_target).double()    # (N, K)
         return kept.T @ onehot                                               # (C, K)
+
+
+@LABEL_MAPS.register
+class NearestNeighbours(LabelMap):
+    """k nearest training examples by their answers; a class scores its share of the votes.
+
+    The answers (log-probabilities) are standardised per source class as the linear head does,
+    and compared by Euclidean distance. Target class t scores log((v_t + α)/(k + Kα)), v_t the
+    neighbours of class t among the ``neighbours`` nearest, α = ½, so a class with no vote
+    keeps a finite score for the losses. Nothing is trained: ``fit`` keeps the answers it is
+    given (N × C values in program.pt). The training examples are their own nearest neighbours,
+    so on them the scores are optimistic; it is the "nearest neighbours on the answers"
+    baseline of the few-label benchmarks, with the zero program or a frozen one."""
+
+    kind = "knn"
+    smoothing = 0.5                                                   # α
+
+    def __init__(self, num_source, num_target, *, neighbours: Annotated[int, AtLeast(1)] = 5):
+        super().__init__(num_source, num_target)
+        self.neighbours = int(neighbours)
+        self.mean, self.std = torch.zeros(num_source), torch.ones(num_source)
+        self.features = torch.zeros(0, num_source)                    # (N, C) standardised answers
+        self.labels = torch.zeros(0, dtype=torch.long)                # (N,)
+
+    def fit(self, log_probs, y):
+        self.mean = log_probs.mean(dim=0)
+        self.std = log_probs.std(dim=0).nan_to_num(1.0).clamp_min(1e-6)
+        self.features, self.labels = (log_probs - self.mean) / self.std, y.long().clone()
+        return self
+
+    def __call__(self, log_probs):
+        if len(self.labels) == 0:
+            raise Refusal("expected the knn label map to be fitted on answers before scoring, got none")
+        leading = log_probs.shape[:-1]
+        z = ((log_probs - self.mean) / self.std).reshape(-1, self.num_source)               # (M, C)
+        # squared distances by matmul rather than cdist: the exported head needs plain ops
+        distances = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.features.T
+                     + self.features.pow(2).sum(1)[None])                                     # (M, N)
+        k = min(self.neighbours, len(self.labels))
+        nearest = distances.topk(k, dim=1, largest=False).indices                             # (M, k)
+        classes = torch.arange(self.num_target)                                                # (K,)
+        votes = (self.labels[nearest][..., None] == classes).sum(dim=1).float()               # (M, K)
+        shares = (votes + self.smoothing) / (k + self.num_target * self.smoothing)
+        return shares.log().reshape(*leading, self.num_target)                               # (..., B, K)
+
+    def state_dict(self):
+        return {"mean": self.mean, "std": self.std, "features": self.features, "labels": self.labels}
+
+    def load_state_dict(self, state):
+        self.mean, self.std = state["mean"], state["std"]
+        self.features, self.labels = state["features"], state["labels"]
+
+    def explain(self, classes):
+        counts = torch.bincount(self.labels, minlength=self.num_target).tolist()
+        return [f"knn: each target class scores its share of the {self.neighbours} nearest of "
+                f"{len(self.labels):,} training examples, compared by their standardised answers over the "
+                f"model's {self.num_source:,} classes.", "",
+                "| target class | training examples kept |", "|---|---:|",
+                *(f"| {name} | {count:,} |" for name, count in zip(classes, counts))]
 
 
 def target_accuracy(target_logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -177,3 +177,33 @@ def test_blm_state_round_trips_through_a_weights_only_load(kind):
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     x = torch.log_softmax(torch.randn(2, 5, 3), dim=-1)          # (P, B, C)
     assert fresh(x).shape == (2, 5, 2) and torch.equal(fresh(x), m(x))
+
+
+# knn hand case: 3 source classes, 4 training answers in two clusters; standardised per class
+KNN_TRAIN = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.05, 0.05, 0.9]]).log()
+KNN_Y = torch.tensor([0, 0, 1, 1])
+
+
+def test_knn_votes_of_the_nearest_answers_hand_case():
+    m = LABEL_MAPS.make("knn", 3, 2, neighbours=3).fit(KNN_TRAIN, KNN_Y)
+    near_first = torch.tensor([[[0.85, 0.1, 0.05]]]).log()           # (P=1, B=1, C): by cluster 0
+    # the 3 nearest: both of class 0 and one of class 1 → shares (2 + ½)/(3 + 1), (1 + ½)/(3 + 1)
+    assert torch.allclose(m(near_first).exp(), torch.tensor([[[2.5 / 4, 1.5 / 4]]]), atol=1e-6)
+    one = LABEL_MAPS.make("knn", 3, 2, neighbours=1).fit(KNN_TRAIN, KNN_Y)
+    assert torch.allclose(one(KNN_TRAIN).exp(), torch.tensor([[0.75, 0.25]] * 2 + [[0.25, 0.75]] * 2))
+
+
+def test_knn_is_configured_refused_and_saved_like_any_map(tmp_path):
+    from blackbox_reprog.config import ConfigError, load_config
+    config = load_config(overrides=("label_map.kind=knn", "label_map.neighbours=3"))
+    assert config.label_map.as_dict() == {"kind": "knn", "neighbours": 3}
+    with pytest.raises(ConfigError, match="expected label_map.neighbours at least 1, got 0"):
+        load_config(overrides=("label_map.kind=knn", "label_map.neighbours=0"))
+    with pytest.raises(ValueError, match="expected the knn label map to be fitted on answers before scoring"):
+        LABEL_MAPS.make("knn", 3, 2)(KNN_TRAIN)
+    m = LABEL_MAPS.make("knn", 3, 2, neighbours=3).fit(KNN_TRAIN, KNN_Y)
+    torch.save(m.state_dict(), tmp_path / "map.pt")
+    fresh = LABEL_MAPS.make("knn", 3, 2, neighbours=3)
+    fresh.load_state_dict(torch.load(tmp_path / "map.pt", weights_only=True))
+    assert torch.equal(fresh(KNN_TRAIN), m(KNN_TRAIN))
+    assert fresh.explain(["a", "b"])[-2:] == ["| a | 2 |", "| b | 2 |"]
