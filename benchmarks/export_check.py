@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from blackbox_reprog.data import make_splits
-from blackbox_reprog.export import export_run
-from blackbox_reprog.predict import predict
-from blackbox_reprog.program import load_program
+from blackbox_reprog.tools.export import export_run
+from blackbox_reprog.tools.predict import predict
+from blackbox_reprog.run.program import load_program
 
 RESULTS = Path(__file__).parent / "results" / "export_check.md"
 

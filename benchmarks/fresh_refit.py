@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from blackbox_reprog import data as data_module
-from blackbox_reprog.label_maps import target_accuracy
-from blackbox_reprog.ledger import Ledger
-from blackbox_reprog.program import load_program
+from blackbox_reprog.program.label_maps import target_accuracy
+from blackbox_reprog.backends.ledger import Ledger
+from blackbox_reprog.run.program import load_program
 
 
 def compare(run_dir: Path) -> dict:

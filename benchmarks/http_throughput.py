@@ -22,7 +22,7 @@ import numpy as np
 import requests
 from bbreprog_http import HttpBackend
 
-from blackbox_reprog.registry import create_backend
+from blackbox_reprog.backends.registry import create_backend
 from blackbox_reprog.serve import ModelServer
 
 

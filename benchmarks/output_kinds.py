@@ -11,9 +11,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from blackbox_reprog.cli import DEMO
-from blackbox_reprog.config import load_config
-from blackbox_reprog.runner import run
+from blackbox_reprog.tools.cli import DEMO
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.run.runner import run
 
 EVOLUTION = ("train.method=evolution", "transform.grid=32", "label_map.kind=frequency")
 KINDS = [  # (answers, method, overrides)

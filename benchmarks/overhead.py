@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blackbox_reprog.cli import DEMO
-from blackbox_reprog.config import load_config
-from blackbox_reprog.runner import build
+from blackbox_reprog.tools.cli import DEMO
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.run.runner import build
 
 IMAGE = {   # the default image model at its full 224 px canvas
     "budget": 10_000_000, "backend": {"name": "onnx", "model": "efficientnet-lite0"},

@@ -4,9 +4,9 @@ Learn an input program and a label map against a frozen model reachable only thr
 queries (a local ONNX file, a remote prediction API, any Python callable), with zeroth-order
 gradient estimates, counting every query against a budget.
 """
-from .backend import Backend, BackendUnavailable, CallableBackend, InputError, InputSpec, Prediction
-from .config import RunConfig, load_config
-from .ledger import BudgetExceeded, Ledger
+from .backends.base import Backend, BackendUnavailable, CallableBackend, InputError, InputSpec, Prediction
+from .run.config import RunConfig, load_config
+from .backends.ledger import BudgetExceeded, Ledger
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,7 @@ __all__ = ["Backend", "BackendUnavailable", "CallableBackend", "InputError", "In
 
 def train(config: RunConfig | None = None, *, backend: Backend | None = None, **overrides):
     """Train from a config (or defaults plus keyword overrides); returns (run folder, result)."""
-    from .runner import run
+    from .run.runner import run
     if config is not None and overrides:
         raise TypeError(f"expected either a config or keyword overrides, got both ({', '.join(overrides)})")
     if config is None:

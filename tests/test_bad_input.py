@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from blackbox_reprog.cli import main
+from blackbox_reprog.tools.cli import main
 from tests.http_support import Reply, ScriptedServer, free_port
 from tests.models import CALLS, reset_calls
 

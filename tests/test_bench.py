@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from blackbox_reprog.bench import Cell, load_suite, markdown, restore_recorded_cells, restricted, summarise
-from blackbox_reprog.cli import main
+from blackbox_reprog.tools.cli import main
 from blackbox_reprog.data import make_splits
 
 SMOKE = Path(__file__).parents[1] / "benchmarks" / "suites" / "smoke.toml"
@@ -130,7 +130,9 @@ def test_a_cell_whose_config_changed_runs_again(smoke, tmp_path):
     (lambda text: text.replace('[methods.zo-random]', '[methods.zo-random]\nestimator.kinds = "random"'),
      "expected a valid config for cell ItalyPowerDemand/zo-random/1500-s0 of "),
     (lambda text: text.replace('[methods.zo-random]', '[methods.zo-random]\nestimator.kind = "newton"'),
-     "expected cell ItalyPowerDemand/zo-random/4000-s0 of "),
+     "expected a valid config for cell ItalyPowerDemand/zo-random/1500-s0 of "),     # kinds are checked on load
+    (lambda text: text.replace('[methods.zo-random]', '[methods.zo-random]\nlabel_map.per_class = 400'),
+     "expected cell ItalyPowerDemand/zo-random/4000-s0 of "),                          # what needs the model: built
     (lambda text: text.replace('baseline = "scratch"', 'baseline = "forest"'),
      "expected methods.scratch.baseline among zero, scratch, got 'forest'"),
     (lambda text: text.replace("budgets = [1_500, 4_000]", "budgets = [1_500, -4]"),

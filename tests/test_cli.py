@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.cli import main
+from blackbox_reprog.tools.cli import main
 from tests.models import CALLS, reset_calls
 
 CALLABLE = ("--set", "backend.name=callable", "--set", "backend.model=tests.models:signal_model",
@@ -93,7 +93,7 @@ def test_the_demo_preset_documented_in_cli_md_is_the_real_one():
     import tomllib
     from pathlib import Path
 
-    from blackbox_reprog.cli import DEMO
+    from blackbox_reprog.tools.cli import DEMO
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     block = re.search(r"## `bbreprog demo`.*?```toml\n(.*?)```", text, re.S).group(1)
     assert tomllib.loads(block) == DEMO

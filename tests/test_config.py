@@ -1,6 +1,6 @@
 import pytest
 
-from blackbox_reprog.config import ConfigError, load_config, load_run_config, parse_override, to_toml
+from blackbox_reprog.run.config import ConfigError, load_config, load_run_config, parse_override, to_toml
 
 
 def test_defaults_file_overrides_and_options_in_order(tmp_path):
@@ -146,7 +146,7 @@ def test_the_config_reference_lists_every_kind_with_its_parameters():
     # must be documented there
     from pathlib import Path
 
-    from blackbox_reprog.config import FAMILIES, toml_value
+    from blackbox_reprog.run.config import FAMILIES, toml_value
     page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     for section, family in FAMILIES.items():
         for row in family.describe():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.backend import CallableBackend, Capabilities
-from blackbox_reprog.degrade import DegradedBackend, degrade
-from blackbox_reprog.registry import create_backend
-from blackbox_reprog.testing import _valid_batch, check_backend
+from blackbox_reprog.backends.base import CallableBackend, Capabilities
+from blackbox_reprog.backends.degrade import DegradedBackend, degrade
+from blackbox_reprog.backends.registry import create_backend
+from blackbox_reprog.backends.testing import _valid_batch, check_backend
 
 CHECKS = ["check_declarations", "check_answers", "check_deterministic",
           "check_batch_independence", "check_refusals"]

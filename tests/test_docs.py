@@ -362,7 +362,7 @@ def test_cli_reference_is_up_to_date():
 
 def test_cli_reference_lists_every_option():
     """The generated page names every command and every option of the click group."""
-    from blackbox_reprog.cli import main
+    from blackbox_reprog.tools.cli import main
     text = _reference_module().render()
     for name, command in main.commands.items():
         assert f"## `bbreprog {name}`" in text

@@ -12,7 +12,7 @@ so a cosine > 0.98 is a safe threshold that a biased or wrongly scaled estimator
 import pytest
 import torch
 
-from blackbox_reprog.estimators import ESTIMATORS
+from blackbox_reprog.search.estimators import ESTIMATORS
 
 D = 100
 

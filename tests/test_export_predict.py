@@ -9,17 +9,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from blackbox_reprog.backend import Backend, Prediction
-from blackbox_reprog.cli import DEMO, main
-from blackbox_reprog.config import load_config, to_toml
+from blackbox_reprog.backends.base import Backend, Prediction
+from blackbox_reprog.tools.cli import DEMO, main
+from blackbox_reprog.run.config import load_config, to_toml
 from blackbox_reprog.data import load
-from blackbox_reprog.export import _Head, _Program, _to_onnx
-from blackbox_reprog.label_maps import LABEL_MAPS
-from blackbox_reprog.outputs import source_log_probs
-from blackbox_reprog.predict import read_inputs
-from blackbox_reprog.registry import create_backend
-from blackbox_reprog.runner import Run
-from blackbox_reprog.transforms import TRANSFORMS
+from blackbox_reprog.tools.export import _Head, _Program, _to_onnx
+from blackbox_reprog.program.label_maps import LABEL_MAPS
+from blackbox_reprog.backends.outputs import source_log_probs
+from blackbox_reprog.tools.predict import read_inputs
+from blackbox_reprog.backends.registry import create_backend
+from blackbox_reprog.run.runner import Run
+from blackbox_reprog.program.transforms import TRANSFORMS
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -155,8 +155,8 @@ CALLABLE = ("--set", "backend.name=callable", "--set", "backend.model=tests.mode
 def test_a_model_only_the_user_can_call_is_exported_around_the_call(output, tmp_path):
     """A run on a Python function (as on a remote API): program.onnx → the user's own call →
     head.onnx gives predict's labels and scores, whatever kind of answer the model gives."""
-    from blackbox_reprog.backend import CallableBackend
-    from blackbox_reprog.degrade import degrade
+    from blackbox_reprog.backends.base import CallableBackend
+    from blackbox_reprog.backends.degrade import degrade
     from tests.models import CALLS, reset_calls, signal_model
     trained = invoke("demo", "--quiet", "--out", tmp_path, "--budget", 2000, *CALLABLE, "--set", "name=api",
                      "--set", f"backend.output={output!r}", "--set", "train.batch_size=16")

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.cli import main
+from blackbox_reprog.tools.cli import main
 from blackbox_reprog.data import DataError, load
 from tests.models import CALLS, reset_calls
 
@@ -216,7 +216,7 @@ def test_an_image_under_pillows_limit_but_over_ours_is_refused_before_decoding(t
 
 @pytest.mark.parametrize("width, refused", [(5000, False), (5001, True)])
 def test_predict_reads_images_up_to_the_pixel_limit(tmp_path, width, refused):
-    from blackbox_reprog.predict import read_inputs
+    from blackbox_reprog.tools.predict import read_inputs
     path = blank_png(tmp_path / "photo.png", width, 5000)
     if not refused:
         x, _ = read_inputs([path], (1, 8, 8))
@@ -301,7 +301,7 @@ def test_predict_refuses_a_named_pipe_instead_of_blocking(finished, tmp_path, na
 
 def test_predict_refuses_a_named_pipe_among_images(tmp_path):
     """No hang before either (a non-file was reported as 'nothing there'); now it is named."""
-    from blackbox_reprog.predict import read_inputs
+    from blackbox_reprog.tools.predict import read_inputs
     path = fifo(tmp_path / "a.png")
     with pytest.raises(DataError) as error:         # a Refusal, from the data module's file check
         read_inputs([path], (1, 8, 8))

@@ -25,8 +25,8 @@ from bbreprog_http.keys import ApiKey
 from bbreprog_http.protocols import PROBABILITY_TOLERANCE, V2, Contract, MLflow, Template, TFServing
 from bbreprog_http.retry import backoff, retry_delay, server_delay
 from bbreprog_http.transport import ContractError, Transport
-from blackbox_reprog.backend import Capabilities, Prediction
-from blackbox_reprog.ledger import BudgetExceeded, Ledger
+from blackbox_reprog.backends.base import Capabilities, Prediction
+from blackbox_reprog.backends.ledger import BudgetExceeded, Ledger
 from tests.http_support import (LocalCA, Received, Reply, ScriptedServer, free_port, v2_answer, v2_inputs,
                                 v2_one_hot)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from blackbox_reprog.config import load_config
-from blackbox_reprog.registry import create_backend
-from blackbox_reprog.runner import run
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.backends.registry import create_backend
+from blackbox_reprog.run.runner import run
 from blackbox_reprog.serve import ModelServer
 
 pytestmark = pytest.mark.slow           # full runs over HTTP, minutes in all
@@ -136,7 +136,7 @@ def test_a_canary_key_appears_in_no_output_and_no_file(tmp_path, crepe):
 def test_an_endpoint_that_keeps_failing_ends_the_run_with_exit_code_3(tmp_path, crepe):
     from click.testing import CliRunner
 
-    from blackbox_reprog.cli import main
+    from blackbox_reprog.tools.cli import main
     # busy on every attempt, and saying so (a 429 with Retry-After): an outage. The same 500 to every
     # attempt of the first call would be a request the endpoint refuses (exit 2, test_http_hostile.py)
     with ModelServer(crepe, name="crepe-tiny", fault_rate=1.0, faults=("429",), retry_after=0.0) as server:

@@ -18,9 +18,9 @@ from bbreprog_http import ContractError, EndpointError, EndpointUnavailable, Htt
 from bbreprog_http.backend import PROTOCOL_OPTIONS
 from bbreprog_http.keys import ApiKey
 from bbreprog_http.transport import Transport
-from blackbox_reprog.backend import BackendUnavailable
+from blackbox_reprog.backends.base import BackendUnavailable
 from blackbox_reprog.errors import Refusal
-from blackbox_reprog.ledger import Ledger
+from blackbox_reprog.backends.ledger import Ledger
 from tests.http_support import LocalCA, Reply, ScriptedServer, v2_one_hot
 
 KEY_ENV = "BBREPROG_TEST_HOSTILE_KEY"

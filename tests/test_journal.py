@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from blackbox_reprog.answers import AnswerStore
-from blackbox_reprog.backend import OUTPUT_KINDS, CallableBackend, Capabilities, Prediction
-from blackbox_reprog.cli import main
-from blackbox_reprog.config import load_config
-from blackbox_reprog.journal import JOURNAL, Journal, JournalError, query_key, read_journal
-from blackbox_reprog.runner import Run
+from blackbox_reprog.run.answers import AnswerStore
+from blackbox_reprog.backends.base import OUTPUT_KINDS, CallableBackend, Capabilities, Prediction
+from blackbox_reprog.tools.cli import main
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.run.journal import JOURNAL, Journal, JournalError, query_key, read_journal
+from blackbox_reprog.run.runner import Run
 from tests.models import CALLS, reset_calls, signal_model
 
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -71,7 +71,7 @@ def test_resume_from_a_journal_cut_at_every_byte_of_its_last_record_rebuys_nothi
     leaves the journal byte for byte as the uninterrupted run wrote it (the torn result is cut,
     then written again from the stored answer). The accuracy plot, two thirds of a resume's
     time and nothing to do with the journal, is not drawn."""
-    monkeypatch.setattr("blackbox_reprog.plot.plot_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("blackbox_reprog.run.plot.plot_run", lambda *args, **kwargs: None)
     journal = finished["journal"]
     start = journal.rfind(b"\n", 0, len(journal) - 1) + 1
     assert json.loads(journal[start:])["kind"] == "result" and len(journal) - start > 100
@@ -376,8 +376,8 @@ def test_the_query_key_tells_apart_model_dtype_shape_and_bytes(x, model, other, 
 def test_identical_calls_in_one_batch_are_bought_once(tmp_path):
     """Two chunks with the same bytes: one intent, one result, one model call; the ledger
     books both (the repeat as answered from the store)."""
-    from blackbox_reprog.journal import Journal, Recorder
-    from blackbox_reprog.ledger import Ledger
+    from blackbox_reprog.run.journal import Journal, Recorder
+    from blackbox_reprog.backends.ledger import Ledger
     backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32, max_batch=2)
     recorder = Recorder(backend, Journal(tmp_path / "journal.jsonl"), AnswerStore(tmp_path / "answers"))
     ledger = Ledger(backend, None)
@@ -492,8 +492,8 @@ def test_a_stored_answer_changed_since_it_was_bought_is_refused_before_any_query
 
 def test_a_stored_answer_that_does_not_fit_the_backend_is_refused(tmp_path):
     """A shared store holds answers with no journal digest: they are checked like fresh ones."""
-    from blackbox_reprog.journal import Recorder
-    from blackbox_reprog.ledger import Ledger
+    from blackbox_reprog.run.journal import Recorder
+    from blackbox_reprog.backends.ledger import Ledger
     backend = CallableBackend(signal_model, input_shape=(1024,), num_classes=32)
     x = np.zeros((2, 1024), np.float32)
     store = AnswerStore(tmp_path / "answers")
@@ -557,7 +557,7 @@ def test_a_shared_store_keeps_the_answer_stored_first(tmp_path):
     """Two runs sharing a store buy the same key at once, and the model answers a little
     differently the second time: the first answer stored stays (the first run's journal
     digest stays true) and the second run journals and uses that one too."""
-    from blackbox_reprog.journal import Recorder
+    from blackbox_reprog.run.journal import Recorder
     store = AnswerStore(tmp_path / "answers")
     x = np.random.default_rng(0).normal(size=(2, 1024)).astype(np.float32)
     key = query_key("shared-model", x)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.backend import Prediction
-from blackbox_reprog.label_maps import LABEL_MAPS, target_accuracy
-from blackbox_reprog.outputs import source_log_probs
+from blackbox_reprog.backends.base import Prediction
+from blackbox_reprog.program.label_maps import LABEL_MAPS, target_accuracy
+from blackbox_reprog.backends.outputs import source_log_probs
 
 
 def log_probs_from_top1(top1, classes):
@@ -194,7 +194,7 @@ def test_knn_votes_of_the_nearest_answers_hand_case():
 
 
 def test_knn_is_configured_refused_and_saved_like_any_map(tmp_path):
-    from blackbox_reprog.config import ConfigError, load_config
+    from blackbox_reprog.run.config import ConfigError, load_config
     config = load_config(overrides=("label_map.kind=knn", "label_map.neighbours=3"))
     assert config.label_map.as_dict() == {"kind": "knn", "neighbours": 3}
     with pytest.raises(ConfigError, match="expected label_map.neighbours at least 1, got 0"):

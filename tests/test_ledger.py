@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from blackbox_reprog.backend import CallableBackend
-from blackbox_reprog.ledger import BudgetExceeded, Ledger
+from blackbox_reprog.backends.base import CallableBackend
+from blackbox_reprog.backends.ledger import BudgetExceeded, Ledger
 from tests.models import CALLS, reset_calls, signal_model
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.backend import Prediction
-from blackbox_reprog.losses import LOSSES
-from blackbox_reprog.outputs import FLOOR, LABEL_EPSILON, source_log_probs
+from blackbox_reprog.backends.base import Prediction
+from blackbox_reprog.program.losses import LOSSES
+from blackbox_reprog.backends.outputs import FLOOR, LABEL_EPSILON, source_log_probs
 
 
 def test_cross_entropy_matches_torch_per_population_row():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from bbreprog_http import HttpBackend
 
-from blackbox_reprog.config import load_config
-from blackbox_reprog.ledger import Ledger
-from blackbox_reprog.runner import run
-from blackbox_reprog.testing import check_backend
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.backends.ledger import Ledger
+from blackbox_reprog.run.runner import run
+from blackbox_reprog.backends.testing import check_backend
 from tests.mlserver_support import MODEL_NAME, MODEL_VERSION, VERSIONED_MODEL_NAME
 
 DIGITS = {"protocol": "v2", "input_shape": [64], "num_classes": 10, "value_range": [0.0, 16.0]}

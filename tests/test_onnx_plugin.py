@@ -20,9 +20,9 @@ import onnxruntime as ort
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from blackbox_reprog.backend import InputError  # noqa: E402
-from blackbox_reprog.registry import create_backend  # noqa: E402
-from blackbox_reprog.testing import CHECKS, check_backend  # noqa: E402
+from blackbox_reprog.backends.base import InputError  # noqa: E402
+from blackbox_reprog.backends.registry import create_backend  # noqa: E402
+from blackbox_reprog.backends.testing import CHECKS, check_backend  # noqa: E402
 from bbreprog_onnx import OnnxBackend, UnsafeModel, check_model_file  # noqa: E402
 
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.0) / 10.0      # (4, 3) weights
@@ -405,7 +405,7 @@ def test_batch_splitting_gives_the_same_scores(folder):
 def test_calls_carry_about_a_million_input_values_unless_told_otherwise(folder):
     """On a CPU, EfficientNet-sized calls of 6 images are faster and 8× lighter than calls of
     256 (benchmarks/results/overhead.md); small inputs keep 256; a GPU keeps 256."""
-    from blackbox_reprog.backend import local_max_batch
+    from blackbox_reprog.backends.base import local_max_batch
     assert local_max_batch((3, 224, 224)) == 6
     assert local_max_batch((1024,)) == 256 and local_max_batch((1, 1 << 22)) == 1
     assert local_max_batch((3, 224, 224), "cuda") == 256

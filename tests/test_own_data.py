@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.cli import main
+from blackbox_reprog.tools.cli import main
 from blackbox_reprog.data import DataError, load, make_splits, resample
-from blackbox_reprog.predict import read_labelled_inputs
+from blackbox_reprog.tools.predict import read_labelled_inputs
 from tests.models import CALLS, reset_calls
 
 SERIES = {"backend.name": "callable", "backend.model": "tests.models:signal_model",

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.config import load_config
+from blackbox_reprog.run.config import load_config
 from blackbox_reprog.data import make_splits
 from blackbox_reprog.errors import Refusal
-from blackbox_reprog.program import Program
-from blackbox_reprog.runner import run
+from blackbox_reprog.run.program import Program
+from blackbox_reprog.run.runner import run
 
 BBREPROG = str(Path(sys.executable).with_name("bbreprog"))
 

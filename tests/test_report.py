@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from blackbox_reprog.cli import DEMO, main
-from blackbox_reprog.config import load_config, to_toml
-from blackbox_reprog.runner import Run
+from blackbox_reprog.tools.cli import DEMO, main
+from blackbox_reprog.run.config import load_config, to_toml
+from blackbox_reprog.run.runner import Run
 
 FIGURES = {"report-curves.png", "report-program.png"}
 
@@ -42,13 +42,13 @@ def finished(tmp_path_factory):
 def no_model(monkeypatch, counted):
     """Building a backend fails, and examples that reach the ONNX model are counted: the
     report must need neither."""
-    import blackbox_reprog.registry
-    import blackbox_reprog.runner
+    import blackbox_reprog.backends.registry
+    import blackbox_reprog.run.runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("the report built a backend")
 
-    for module in (blackbox_reprog.registry, blackbox_reprog.runner):
+    for module in (blackbox_reprog.backends.registry, blackbox_reprog.run.runner):
         monkeypatch.setattr(module, "create_backend", refuse)
     return counted
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog import cli
-from blackbox_reprog.config import ConfigError, load_config
-from blackbox_reprog.runner import Run, run
+from blackbox_reprog.tools import cli
+from blackbox_reprog.run.config import ConfigError, load_config
+from blackbox_reprog.run.runner import Run, run
 from tests.http_support import Received, Reply, ScriptedServer, v2_answer, v2_inputs
 from tests.kill_support import signal_server
 from tests.models import signal_model
@@ -145,12 +145,12 @@ def test_a_kill_during_the_comparison_keeps_the_main_result_and_resume_finishes_
 def test_a_bug_inside_the_toolkit_exits_1_with_its_traceback_not_2(tmp_path, monkeypatch):
     """A ValueError from the toolkit's own code (not a Refusal) is a bug: exit 1 and the
     traceback, never the one-sentence exit 2 that tells the user their input is bad."""
-    from blackbox_reprog import runner
+    from blackbox_reprog.run import runner
 
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(runner, "build_program", broken)
+    monkeypatch.setattr(runner, "build_parts", broken)
     outcome = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "runs"), "--quiet"])
     assert outcome.exit_code == 1
     assert isinstance(outcome.exception, ValueError) and "internal invariant" in str(outcome.exception)

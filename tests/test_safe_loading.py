@@ -28,10 +28,10 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from blackbox_reprog.cli import main
-from blackbox_reprog.config import load_config, to_toml
-from blackbox_reprog.journal import AnswerStore, JournalError
-from blackbox_reprog.registry import create_backend
+from blackbox_reprog.tools.cli import main
+from blackbox_reprog.run.config import load_config, to_toml
+from blackbox_reprog.run.journal import AnswerStore, JournalError
+from blackbox_reprog.backends.registry import create_backend
 from bbreprog_onnx import OnnxBackend, UnsafeModel
 from tests.models import CALLS, reset_calls
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from blackbox_reprog.backend import CallableBackend
-from blackbox_reprog.cli import DEMO
-from blackbox_reprog.config import load_config
-from blackbox_reprog.ledger import BudgetExceeded, Ledger
-from blackbox_reprog.runner import build, run
-from blackbox_reprog.search import Evolution
-from blackbox_reprog.transforms import TRANSFORMS
+from blackbox_reprog.backends.base import CallableBackend
+from blackbox_reprog.tools.cli import DEMO
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.backends.ledger import BudgetExceeded, Ledger
+from blackbox_reprog.run.runner import build, run
+from blackbox_reprog.search.strategies import Evolution
+from blackbox_reprog.program.transforms import TRANSFORMS
 from tests.models import signal_model
 
 
@@ -99,7 +99,7 @@ def test_whitebox_counts_one_query_per_example_and_matches_onnx_answers():
     assert components.backend.name == "torch"                       # the zoo model, served with gradients
     result = components.trainer.fit()
     assert result.ledger["train"]["queries"] == 5 * 51              # steps × batch, forward+backward each
-    from blackbox_reprog.registry import create_backend
+    from blackbox_reprog.backends.registry import create_backend
     x = np.random.default_rng(0).normal(size=(3, 1024)).astype(np.float32)
     torch_scores = components.backend.query(x).scores
     onnx_scores = create_backend("onnx", "crepe-tiny").query(x).scores
@@ -136,7 +136,7 @@ def test_whitebox_beats_or_matches_blackbox_with_the_same_seed_and_steps(tmp_pat
 def test_a_run_killed_during_its_comparison_resumes_it(tmp_path):
     """Killed while the whitebox comparison ran: the run folder holds the main run's
     checkpoint and a comparison folder without its result. The resume replays both."""
-    from blackbox_reprog.runner import Run
+    from blackbox_reprog.run.runner import Run
     config = demo(**{"budget": 4000, "train.compare_with": "whitebox", "out": f'"{tmp_path}"', "name": "cmp"})
     run_dir, summary = run(config)
     for path in ("result.json", "program.pt", "compare-whitebox/result.json", "compare-whitebox/program.pt"):
@@ -161,8 +161,8 @@ def test_every_named_nevergrad_optimizer_runs_within_the_budget(name):
 
 
 def test_torch_backend_passes_conformance_for_zoo_models_and_user_modules():
-    from blackbox_reprog.registry import create_backend
-    from blackbox_reprog.testing import check_backend
+    from blackbox_reprog.backends.registry import create_backend
+    from blackbox_reprog.backends.testing import check_backend
     check_backend(create_backend("torch", "crepe-tiny"))
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     from bbreprog_torch import TorchBackend
@@ -179,7 +179,7 @@ def test_torch_backend_passes_conformance_for_zoo_models_and_user_modules():
     (("train.method=whitebox", "loss.kind=zero-one"), "expected a differentiable loss \\(ce, focal or margin\\) for train.method 'whitebox', got 'zero-one'"),
 ])
 def test_impossible_whitebox_runs_are_refused_before_any_query(tmp_path, overrides, message):
-    from blackbox_reprog.runner import Run
+    from blackbox_reprog.run.runner import Run
     config = load_config(base=DEMO, overrides=overrides + (f'out="{tmp_path}"',))
     with pytest.raises(ValueError, match=message):
         Run(config)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blackbox_reprog.backend import CallableBackend
-from blackbox_reprog.cli import main
-from blackbox_reprog.degrade import degrade
-from blackbox_reprog.registry import create_backend
+from blackbox_reprog.backends.base import CallableBackend
+from blackbox_reprog.tools.cli import main
+from blackbox_reprog.backends.degrade import degrade
+from blackbox_reprog.backends.registry import create_backend
 from blackbox_reprog.serve import ModelServer
 from tests.models import signal_model
 
@@ -253,7 +253,7 @@ def bbreprog() -> list[str]:
     script = Path(sys.executable).parent / "bbreprog"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from blackbox_reprog.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from blackbox_reprog.tools.cli import main; sys.exit(main())"]
 
 
 def test_the_serve_command_serves_bills_and_never_shows_the_key(tmp_path):

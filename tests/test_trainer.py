@@ -5,11 +5,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blackbox_reprog.backend import CallableBackend, Prediction
-from blackbox_reprog.ledger import BudgetExceeded
-from blackbox_reprog.config import load_config
-from blackbox_reprog.runner import build
-from blackbox_reprog.trainer import BudgetTooSmall
+from blackbox_reprog.backends.base import CallableBackend, Prediction
+from blackbox_reprog.backends.ledger import BudgetExceeded
+from blackbox_reprog.run.config import load_config
+from blackbox_reprog.run.runner import build
+from blackbox_reprog.run.trainer import BudgetTooSmall
 from tests.models import CALLS, reset_calls, signal_model
 
 
@@ -92,8 +92,8 @@ def test_non_finite_losses_never_reach_the_step_rule():
 
 
 def test_start_accuracy_is_the_zero_program_with_the_map_first_fitted():
-    from blackbox_reprog.label_maps import LABEL_MAPS, target_accuracy
-    from blackbox_reprog.ledger import Ledger
+    from blackbox_reprog.program.label_maps import LABEL_MAPS, target_accuracy
+    from blackbox_reprog.backends.ledger import Ledger
     cfg = config(budget=20000, **{"label_map.kind": "iterative", "optimizer.lr": 0.1, "train.eval_every": 1000})
     components = build(cfg, backend=backend())
     result = components.trainer.fit()

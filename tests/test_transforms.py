@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from blackbox_reprog.transforms import TRANSFORMS
+from blackbox_reprog.program.transforms import TRANSFORMS
 
 
 def test_signal_program_places_the_znormalised_series_in_the_middle():

@@ -166,7 +166,7 @@ def test_wrong_source_checksum_is_refused(monkeypatch, tmp_path):
 
 def test_wrong_source_checksum_is_one_line_exit_2_from_the_cli(monkeypatch, tmp_path):
     from click.testing import CliRunner
-    from blackbox_reprog.cli import main
+    from blackbox_reprog.tools.cli import main
     monkeypatch.setenv("BBREPROG_CACHE", str(tmp_path))
     monkeypatch.setitem(build.PINNED_SHA256, "crepe-tiny", "0" * 64)
     result = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path / "runs")], catch_exceptions=False)
@@ -177,7 +177,7 @@ def test_wrong_source_checksum_is_one_line_exit_2_from_the_cli(monkeypatch, tmp_
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_a_misspelt_zoo_name_is_refused_with_the_close_name(backend, tmp_path):
     from click.testing import CliRunner
-    from blackbox_reprog.cli import main
+    from blackbox_reprog.tools.cli import main
     result = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path), "--set", f"backend.name={backend}",
                                        "--set", "backend.model=crepe-tiyn"], catch_exceptions=False)
     assert result.exit_code == 2

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..config import RunConfig, to_toml, with_absolute_paths
+from ..run.config import RunConfig, to_toml, with_absolute_paths
 from ..files import atomic_write
-from ..journal import JOURNAL
+from ..run.journal import JOURNAL
 from .results import command_line, summarise, write_results
 from .suite import EXECUTORS, Cell, Suite, SuiteError, load_suite
 
@@ -45,14 +45,14 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     started = time.perf_counter()
     if method.baseline == "scratch":
         from ..data import make_splits
-        from ..scratch import train_from_scratch
+        from .scratch import train_from_scratch
         splits = make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
                              test_fraction=config.data.test_fraction, seed=config.seed)
         outcome = train_from_scratch(splits, seed=config.seed)
         record.update(test_accuracy=outcome["test_accuracy"], queries=0, test_queries=0, steps=outcome["epochs"],
                       detail=outcome)
     elif method.baseline == "zero":
-        from ..runner import build
+        from ..run.runner import build
         components = build(config)
         try:
             outcome = components.trainer.zero_program()
@@ -61,8 +61,8 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
         record.update(test_accuracy=outcome["test_accuracy"], queries=outcome["ledger"]["budgeted"],
                       test_queries=outcome["ledger"]["test"]["queries"], steps=0)
     else:
-        from ..runner import Run
-        from ..trainer import BudgetTooSmall
+        from ..run.runner import Run
+        from ..run.trainer import BudgetTooSmall
 
         def progress(row: dict) -> None:
             if report:

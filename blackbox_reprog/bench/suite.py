@@ -8,7 +8,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig, flatten, load_config, merged
+from ..run.config import ConfigError, RunConfig, flatten, load_config, merged
 from ..errors import Refusal
 
 
@@ -168,8 +168,8 @@ def check_suite(suite: Suite) -> None:
     """Build every (pair, method) once, at the largest budget, without sending a query: an
     unknown estimator, a model the data does not fit, … refuse the suite before any cell runs
     (a budget too small for a method's one step only skips that cell)."""
-    from ..runner import build
-    from ..trainer import BudgetTooSmall
+    from ..run.runner import build
+    from ..run.trainer import BudgetTooSmall
     for pair in suite.pairs:
         if suite.missing(pair):
             continue

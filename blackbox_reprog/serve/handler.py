@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from ..backend import InputError, Prediction
+from ..backends.base import InputError, Prediction
 from .wire import Refused, instances, parse_json, predictions, v2_answer, v2_metadata, v2_request
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ import re
 import threading
 from typing import Callable, Iterable
 
-from ..backend import Backend
-from ..degrade import degrade
+from ..backends.base import Backend
+from ..backends.degrade import degrade
 from ..errors import Refusal
 from .handler import Handler, ModelHTTPServer
 from .meter import FAULTS, Meter

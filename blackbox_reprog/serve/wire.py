@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..backend import Backend, Prediction
+from ..backends.base import Backend, Prediction
 from . import v2
 
 

@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # the repository root, for blackbox_reprog
 
-with atheris.instrument_imports(include=["bbreprog_http", "blackbox_reprog.journal"]):
+with atheris.instrument_imports(include=["bbreprog_http", "blackbox_reprog.run.journal"]):
     from bbreprog_http.backend import _json
     from bbreprog_http.protocols import PROBABILITY_TOLERANCE, V2, Contract, MLflow, Template, TFServing
     from bbreprog_http.transport import ResponseError
-    from blackbox_reprog.journal import JournalError, read_journal
+    from blackbox_reprog.run.journal import JournalError, read_journal
 
 CLASSES = 3
 NAMES = ["cat", "dog", "fox"]

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from blackbox_reprog.backend import OUTPUT_KINDS, InputSpec, Prediction, RemoteBackend
+from blackbox_reprog.backends.base import OUTPUT_KINDS, InputSpec, Prediction, RemoteBackend
 from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_reprog.backend import Prediction
+from blackbox_reprog.backends.base import Prediction
 from blackbox_reprog.errors import Refusal
 from blackbox_reprog.serve import v2
 

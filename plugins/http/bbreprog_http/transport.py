@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from blackbox_reprog.backend import BackendUnavailable
+from blackbox_reprog.backends.base import BackendUnavailable
 from blackbox_reprog.errors import Refusal
 
 from .keys import ApiKey

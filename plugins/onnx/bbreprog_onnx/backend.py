@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blackbox_reprog.backend import Backend, Capabilities, InputSpec, Prediction, checked_max_batch
+from blackbox_reprog.backends.base import Backend, Capabilities, InputSpec, Prediction, checked_max_batch
 from blackbox_reprog.errors import Refusal
 
 from .safety import UnsafeModel, check_model_file, external_locations

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-from blackbox_reprog.backend import (Capabilities, DifferentiableBackend, InputSpec, Prediction,
+from blackbox_reprog.backends.base import (Capabilities, DifferentiableBackend, InputSpec, Prediction,
                                      checked_max_batch)
 from blackbox_reprog.errors import Refusal
 

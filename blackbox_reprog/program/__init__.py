@@ -1,0 +1,1 @@
+"""Programs: input transforms, label maps, losses, and applying a program through the ledger."""

@@ -1,0 +1,1 @@
+"""What users call: the CLI, reports, export and prediction."""
