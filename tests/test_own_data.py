@@ -287,3 +287,22 @@ def test_inputs_of_a_resampled_run_are_resampled_too(tmp_path):
     assert found.labels is None and found.x.shape == (3, 24)
     found = read_labelled_inputs([tmp_path / "long.npy"], (24,), ["high", "low"])           # a run that did not
     assert found.x.shape == (3, 48)
+
+
+def test_data_length_resamples_series_longer_than_the_model_takes(tmp_path):
+    """Series of 1,500 points on a model that takes 1,024: refused, with the option that fixes it;
+    trained with data.length=512, every split is resampled and the program records 512."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 1500)
+    x = np.stack([np.sin(2 * np.pi * (3 + 4 * (i % 2)) * t) + 0.1 * rng.standard_normal(1500) for i in range(40)])
+    write_csv(tmp_path / "long.csv", x, ["slow" if i % 2 == 0 else "fast" for i in range(40)])
+    common = ["demo", "--budget", "2000", "--out", str(tmp_path / "runs"), "--quiet",
+              "--set", f"data.name={tmp_path / 'long.csv'}", "--set", "label_map.per_class=2"]
+    refused = CliRunner().invoke(main, common)
+    assert refused.exit_code == 2 and "expected series of at most 1024 samples, got 1500 (resample them with --set data.length=1024)" in refused.stderr
+    done = CliRunner().invoke(main, [*common, "--set", "data.length=512", "--set", "train.max_steps=1"])
+    assert done.exit_code == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    import torch
+    assert torch.load(run_dir / "program.pt", weights_only=True)["target_shape"] == [512]
+    assert "length = 512" in (run_dir / "config.toml").read_text()

@@ -55,7 +55,7 @@ def test_additive_program_is_bounded_by_epsilon():
 
 
 @pytest.mark.parametrize("kind, target, source, message", [
-    ("signal", (2000,), (1024,), "expected series of at most 1024 samples, got 2000"),
+    ("signal", (2000,), (1024,), r"expected series of at most 1024 samples, got 2000 \(resample them with --set data.length=1024\)"),
     ("signal", (1, 8, 8), (1024,), "the signal program expects 1-D series"),
     ("frame", (24,), (3, 32, 32), "the frame program expects images"),
     ("warp", (24,), (1024,), "unknown transform.kind 'warp'"),

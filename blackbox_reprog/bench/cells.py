@@ -44,10 +44,8 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if method.baseline == "scratch":
-        from ..data import make_splits
         from .scratch import train_from_scratch
-        splits = make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
-                             test_fraction=config.data.test_fraction, seed=config.seed)
+        splits = config.data.splits(config.seed)
         outcome = train_from_scratch(splits, seed=config.seed)
         record.update(test_accuracy=outcome["test_accuracy"], queries=0, test_queries=0, steps=outcome["epochs"],
                       detail=outcome)

@@ -96,7 +96,8 @@ class SignalProgram(Transform):
                           f"target {self.target_shape} and model input {self.source_shape}")
         (self.length,), (target_length,) = self.source_shape, self.target_shape
         if target_length > self.length:
-            raise Refusal(f"expected series of at most {self.length} samples, got {target_length}")
+            raise Refusal(f"expected series of at most {self.length} samples, got {target_length} (resample them "
+                          f"with --set data.length={self.length})")
         self.start = (self.length - target_length) // 2
         self.stop = self.start + target_length
         mask = torch.ones(self.length)

@@ -39,6 +39,14 @@ class DataConfig:
     name: str = "ItalyPowerDemand"  # built-in name or a path
     validation_fraction: float = 0.2
     test_fraction: float = 0.3      # only for datasets without their own test split
+    length: int = 0                 # resample every series to this many points; 0 = as they are
+
+    def splits(self, seed: int, name: str | None = None):
+        """The train, validation and test splits this section describes (of dataset ``name``
+        instead, e.g. evaluating on another dataset)."""
+        from ..data import make_splits
+        return make_splits(name or self.name, validation_fraction=self.validation_fraction,
+                           test_fraction=self.test_fraction, seed=seed, length=self.length)
 
 
 #: config sections naming a component: ``kind`` plus that kind's parameters (components.py)
@@ -179,7 +187,7 @@ def merge(base: dict, path: list[str], value: Any) -> dict:
 _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "budget": (0, True), "train.batch_size": (1, True), "train.max_steps": (0, True),
     "train.eval_every": (1, True), "train.checkpoint_every": (0, True),
-    "backend.k": (1, True), "evolution.popsize": (1, True), "evolution.sigma": (0, False),
+    "backend.k": (1, True), "evolution.popsize": (1, True), "evolution.sigma": (0, False), "data.length": (0, True),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }
 

@@ -102,13 +102,10 @@ class Program:
         return examples_log_probs(self.transform, self.theta, x, ledger, purpose, self.chunk)
 
     def evaluate(self, data_name: str | None = None) -> dict:
-        from .. import data as data_module
         if self.config is None and data_name is None:
             raise Refusal("expected --data naming a dataset, got none and no config.toml naming the run's")
-        config = self.config
-        splits = data_module.make_splits(data_name or config.data.name,
-                                         validation_fraction=config.data.validation_fraction,
-                                         test_fraction=config.data.test_fraction, seed=config.seed)
+        config = self.config or RunConfig()
+        splits = config.data.splits(config.seed, data_name)
         self.check_targets(splits.test.x)
         ledger = Ledger(self.backend, None)
         logits = self.target_logits(splits.test.x, ledger, "test")
@@ -161,12 +158,10 @@ def _model_from_result(run_dir: Path) -> dict:
 def _target_shape(saved: dict, config: RunConfig | None, run_dir: Path) -> tuple[int, ...]:
     """The shape of one target example: recorded in program.pt since its format 2; a run
     written before (blackbox-reprog 0.1) learns it from its training data, if still there."""
-    from .. import data as data_module
     if "target_shape" in saved:
         return tuple(int(s) for s in saved["target_shape"])
     try:
-        splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
-                                         test_fraction=config.data.test_fraction, seed=config.seed)
+        splits = config.data.splits(config.seed)
     except Refusal:
         raise Refusal(f"expected the training data {config.data.name} of {run_dir}, whose program.pt was written "
                       "by blackbox-reprog 0.1 and does not record its target shape, got none readable "

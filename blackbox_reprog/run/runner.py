@@ -39,8 +39,7 @@ class Components:
 def build(config: RunConfig, *, backend: Backend | None = None,
           on_step: Callable | None = None, on_checkpoint: Callable | None = None) -> Components:
     """Every component of a run, checked against each other; no query is spent here."""
-    splits = data_module.make_splits(config.data.name, validation_fraction=config.data.validation_fraction,
-                                     test_fraction=config.data.test_fraction, seed=config.seed)
+    splits = config.data.splits(config.seed)
     if backend is None:
         backend = create_backend(backend_name(config), config.backend.model, **backend_options(config))
     backend = degrade(backend, config.backend.output, config.backend.k)

@@ -305,13 +305,11 @@ def accuracy_section(result: dict) -> list[str]:
 def program_section(run: RunFolder) -> tuple[list[str], bytes | None]:
     """Text, and the program drawn on the first test example (on a blank one when the run's
     dataset is gone: the program rebuilds from program.pt alone)."""
-    from .. import data as data_module
     program, c = run.program, run.config
     transform, theta = program.transform, program.theta.float()          # (d,)
     lines = ["## The program", ""]
     try:
-        splits = data_module.make_splits(c.data.name, validation_fraction=c.data.validation_fraction,
-                                         test_fraction=c.data.test_fraction, seed=c.seed)
+        splits = c.data.splits(c.seed)
         example = torch.as_tensor(splits.test.x[:1])                      # (1, *target_shape)
         shown = f"the example is the first test example (class {splits.test.classes[int(splits.test.y[0])]})"
     except ValueError as error:              # the dataset moved or changed since the run

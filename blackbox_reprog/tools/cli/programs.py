@@ -31,8 +31,7 @@ def predict(run_dir, inputs, output):
     except Refusal as error:
         fail(str(error))
     try:
-        # data.length, once the config has it: the run's series were resampled, so inputs are too
-        resampled = bool(getattr(program.config.data, "length", 0))
+        resampled = program.config.data.length > 0      # the run's series were resampled: inputs are too
         found = read_labelled_inputs(inputs, program.transform.target_shape, program.classes, resampled)
         result = predict_inputs(program, found.x, found.names, found.labels)  # all checked before the first query
     except Refusal as error:
