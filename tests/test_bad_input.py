@@ -145,7 +145,8 @@ TRAIN = {
         "expected at most 32 target classes for a model with 32 classes, got 40"),
     "per_class source labels for every class exceed the model's": Case(
         lambda d: {**CALLABLE, "label_map.kind": "random", "label_map.per_class": 20},
-        "expected per_class × classes ≤ 32, got 20 × 2"),
+        "expected label_map.per_class × target classes ≤ the model's 32 classes, got 20 × 2; set "
+        "label_map.per_class to at most 16"),
     "a BLM+ top-k beyond the model's classes": Case(
         lambda d: {**CALLABLE, "label_map.kind": "blm+", "label_map.blm_topk": 40},
         "expected a BLM+ top-k in [1, 32], got 40"),

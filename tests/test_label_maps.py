@@ -61,7 +61,8 @@ def test_iterative_map_refits_each_epoch():
 
 @pytest.mark.parametrize("kind, args, message", [
     ("frequency", (10, 20), "expected at most 10 target classes for a model with 10 classes, got 20"),
-    ("frequency", (10, 3), r"expected per_class × classes ≤ 10, got 4 × 3"),
+    ("frequency", (10, 3), r"expected label_map.per_class × target classes ≤ the model's 10 classes, got 4 × 3; set "
+                     r"label_map.per_class to at most 3"),
     ("bayes", (10, 2), "unknown label_map.kind 'bayes'; expected one of: random, frequency, iterative, linear, blm, blm\\+"),
     ("blm", (10, 20), "expected at most 10 target classes for a model with 10 classes, got 20"),
 ])

@@ -78,8 +78,8 @@ class ManyToOneMap(LabelMap):
     def __init__(self, num_source: int, num_target: int, *, per_class: Annotated[int, AtLeast(1)] = 1):
         super().__init__(num_source, num_target)
         if per_class * num_target > num_source:
-            raise Refusal(f"expected per_class × classes ≤ {num_source}, got "
-                          f"{per_class} × {num_target}")
+            raise Refusal(f"expected label_map.per_class × target classes ≤ the model's {num_source} classes, got "
+                          f"{per_class} × {num_target}; set label_map.per_class to at most {num_source // num_target}")
         self.per_class = int(per_class)
         self.assignment = torch.full((num_source,), -1, dtype=torch.long)  # (C,) target or −1
 
