@@ -40,13 +40,14 @@ class DataConfig:
     validation_fraction: float = 0.2
     test_fraction: float = 0.3      # only for datasets without their own test split
     length: int = 0                 # resample every series to this many points; 0 = as they are
+    shots: int = 0                  # labelled examples per class the run may use, validation included; 0 = all
 
     def splits(self, seed: int, name: str | None = None):
         """The train, validation and test splits this section describes (of dataset ``name``
         instead, e.g. evaluating on another dataset)."""
         from ..data import make_splits
         return make_splits(name or self.name, validation_fraction=self.validation_fraction,
-                           test_fraction=self.test_fraction, seed=seed, length=self.length)
+                           test_fraction=self.test_fraction, seed=seed, length=self.length, shots=self.shots)
 
 
 #: config sections naming a component: ``kind`` plus that kind's parameters (components.py)
