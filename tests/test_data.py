@@ -185,7 +185,7 @@ def test_subset_keeps_classes_and_name():
 # --------------------------------------------------------------------------- every DataError
 
 def test_unknown_name_suggests_close_matches():
-    with pytest.raises(DataError, match=r"close matches: GunPoint.*builtin_names\(\)"):
+    with pytest.raises(DataError, match=r"\(did you mean 'GunPoint'\?\); `bbreprog datasets` lists the \d+ built-in"):
         load("GunPont")
 
 

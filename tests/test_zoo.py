@@ -182,8 +182,8 @@ def test_a_misspelt_zoo_name_is_refused_with_the_close_name(backend, tmp_path):
                                        "--set", "backend.model=crepe-tiyn"], catch_exceptions=False)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: expected ") and result.stderr.endswith(
-        "'crepe-tiyn', which is neither (did you mean 'crepe-tiny'?)\n" if backend == "onnx"
-        else "'crepe-tiyn' (did you mean 'crepe-tiny'?)\n")
+        "'crepe-tiyn', which is neither (did you mean 'crepe-tiny'? `bbreprog models` describes the models)\n"
+        if backend == "onnx" else "'crepe-tiyn' (did you mean 'crepe-tiny'? `bbreprog models` describes the models)\n")
 
 
 def test_verification_catches_a_mismatch():
@@ -206,7 +206,8 @@ def test_registry_and_unknown_name():
     assert zoo.zoo_model("efficientnet-lite0").num_classes == 1000
     with pytest.raises(ValueError) as err:
         zoo.zoo_model("x")
-    assert str(err.value) == "unknown model 'x'; expected one of: crepe-tiny, efficientnet-lite0, efficientnet-lite0-128"
+    assert str(err.value) == ("unknown model 'x'; expected one of: crepe-tiny, efficientnet-lite0, efficientnet-lite0-128 "
+                              "(`bbreprog models` describes them)")
     with pytest.raises(ValueError):
         zoo.model_path("resnet")
 

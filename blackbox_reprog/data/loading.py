@@ -5,7 +5,7 @@ import difflib
 import os
 from pathlib import Path
 
-from .builtin import builtin_registry
+from .builtin import SOURCES, absent_builtins, builtin_registry
 from .dataset import DataError, Dataset, RawPair
 from .encoding import build_datasets
 from .formats import read_file
@@ -32,13 +32,23 @@ def _read(name_or_path: str) -> tuple[str, RawPair]:
         return read_file(path)
     registry, key = builtin_registry(), name_or_path.lower()
     if key in registry:
-        name, reader = registry[key]
-        return name, reader()
+        return registry[key].name, registry[key].reader()
     if path.suffix or os.sep in name_or_path:
         raise DataError(f"expected a dataset file or folder at {str(path)!r}, got nothing there")
-    # names containing the query ('italy') first, then look-alikes ('gunpont')
-    close = [k for k in registry if key in k][:3] or difflib.get_close_matches(key, list(registry), n=3, cutoff=0.6)
-    close = [registry[k][0] for k in close]
-    hint = f" (close matches: {', '.join(close)})" if close else ""
+    absent = {name.lower(): source for name, source in absent_builtins().items()}
+    if key in absent:
+        raise DataError(f"expected the built-in dataset {name_or_path!r} installed, got it absent here "
+                        f"(install it: {SOURCES[absent[key]].install})")
+    closest = closest_builtin(key, [entry.name for entry in registry.values()])
+    hint = f" (did you mean {closest!r}?)" if closest else ""
     raise DataError(f"expected a built-in dataset name or an existing path, got {name_or_path!r}, which is "
-                    f"neither{hint}; call builtin_names() to see all {len(registry)} names")
+                    f"neither{hint}; `bbreprog datasets` lists the {len(registry)} built-in datasets")
+
+
+def closest_builtin(query: str, names: list[str]) -> str | None:
+    """The name most like ``query``: among those containing it ('italy'), else a look-alike ('gunpont')."""
+    lower = {name.lower(): name for name in names}
+    query = query.lower()
+    containing = sorted((k for k in lower if query in k), key=lambda k: -difflib.SequenceMatcher(None, query, k).ratio())
+    close = containing[:1] or difflib.get_close_matches(query, list(lower), n=1, cutoff=0.6)
+    return lower[close[0]] if close else None

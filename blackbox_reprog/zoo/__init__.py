@@ -62,16 +62,38 @@ def zoo_names() -> list[str]:
 
 
 def close_zoo_name(name: str) -> str:
-    """' (did you mean 'crepe-tiny'?)' for a misspelt zoo name, '' when nothing is close."""
+    """' (did you mean 'crepe-tiny'? ...)' for a misspelt zoo name, '' when nothing is close: a
+    look-alike ('crepe-tiyn'), or, for a name that is no path, one of the same family ('crepe-small')."""
     import difflib
     close = difflib.get_close_matches(name.lower(), zoo_names(), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    family = name.lower().replace("_", "-").split("-")[0]
+    if not close and not any(c in name for c in "./\\"):
+        close = [zoo for zoo in zoo_names() if zoo.split("-")[0] == family][:1]
+    return f" (did you mean {close[0]!r}? `bbreprog models` describes the models)" if close else ""
 
 
 def zoo_model(name: str) -> ZooModel:
     if name not in _ZOO:
-        raise Refusal(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)}")
+        raise Refusal(f"unknown model {name!r}; expected one of: {', '.join(_ZOO)} "
+                      f"(`bbreprog models` describes them)")
     return _ZOO[name]
+
+
+def describe(name: str) -> dict:
+    """What ``bbreprog models`` shows of a zoo model: its card, where its weights come from and
+    what it takes on disk (the ONNX file is built on first use), read without building anything."""
+    from . import build
+    card = zoo_model(name)
+    arch, _ = build.ARCHITECTURES[name]
+    try:
+        weights = arch.weights_path()
+    except Refusal:                     # the package carrying the weights is not installed
+        weights = None
+    onnx = build.onnx_path(name)
+    return {**dataclasses.asdict(card), "source": build.SOURCES[name],
+            "weights": str(weights) if weights else None,
+            "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
+            "onnx": str(onnx), "onnx_bytes": onnx.stat().st_size if onnx.is_file() else None}
 
 
 def model_path(name: str) -> Path:
