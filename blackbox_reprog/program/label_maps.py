@@ -4,7 +4,7 @@
 - ``frequency`` (FLM): m source labels per class chosen greedily from the count matrix
   C[s, t] = #{argmax f(x_i) = s, y_i = t} (ILM-VP, Chen et al. 2023). Needs top-1 only.
 - ``iterative`` (ILM): the frequency map refitted every epoch with the current program.
-- ``linear``: softmax regression on the standardised source log-probabilities.
+- ``linear``: softmax regression on the standardised answers, its L2 penalty given or cross-validated.
 - ``blm`` (BLM, Cai et al., NeurIPS 2024): a real-valued reweighting matrix ω (C, K) from the
   same counts, ω[s, t] = C[s, t] / (Σ_t' C[s, t'] + λ), columns normalised; scores log(p · ω).
   Needs top-1 only. Refitted every epoch, as the authors do.
@@ -171,57 +171,80 @@ class IterativeMap(FrequencyMap):
         self.refit_every = int(refit_every)
 
 
+def standardisation(log_probs: torch.Tensor, least: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) → (mean, scale) per source class; one varying less than ``least`` (in no top-k or label
+    answer) gets scale ∞: its feature is 0 wherever it appears later, not its rounding noise × 1e6."""
+    std = log_probs.std(dim=0) if len(log_probs) > 1 else torch.zeros(log_probs.shape[1])
+    return log_probs.mean(dim=0), torch.where(std > least, std, torch.full_like(std, float("inf")))
+
+
 @LABEL_MAPS.register
 class LinearHead(LabelMap):
-    """Softmax regression on standardised source log-probabilities, fitted by L-BFGS with an
-    L2 penalty. Exact gradients, no queries: it only reads outputs already bought."""
+    """Softmax regression on standardised source log-probabilities, L-BFGS, an L2 penalty: exact
+    gradients, no query (it reads answers already bought). ``cv_folds`` ≥ 2: the penalty chosen at
+    each fit from ``grid`` by stratified k-fold cross-validation on the examples fitted."""
 
     kind = "linear"
+    grid = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)        # cv_folds' penalties; a tie goes to the larger
 
     def __init__(self, num_source, num_target, *, l2: Annotated[float, AtLeast(0)] = 1e-3, refit: bool = False,
-                 refit_every: Annotated[int, AtLeast(0)] = 0):
+                 refit_every: Annotated[int, AtLeast(0)] = 0, cv_folds: Annotated[int, AtLeast(0)] = 0):
         super().__init__(num_source, num_target)
-        self.l2 = float(l2)
-        self.refit_each_epoch, self.refit_every = bool(refit), int(refit_every)
-        self.mean = torch.zeros(num_source)
-        self.std = torch.ones(num_source)
-        self.weight = torch.zeros(num_source, num_target)
-        self.bias = torch.zeros(num_target)
+        if cv_folds == 1:
+            raise Refusal("expected label_map.cv_folds 0 (the penalty l2 as given) or at least 2, got 1")
+        self.l2 = self.penalty = float(l2)
+        self.refit_each_epoch, self.refit_every, self.cv_folds = bool(refit), int(refit_every), int(cv_folds)
+        self.mean, self.std = torch.zeros(num_source), torch.ones(num_source)
+        self.weight, self.bias = torch.zeros(num_source, num_target), torch.zeros(num_target)
 
     def fit(self, log_probs, y):
-        self.mean = log_probs.mean(dim=0)
-        self.std = log_probs.std(dim=0).clamp_min(1e-6)
-        features = (log_probs - self.mean) / self.std               # (N, C)
-        weight = torch.zeros(self.num_source, self.num_target, requires_grad=True)
+        if self.cv_folds:
+            self.penalty = min(self.grid, key=lambda l2: self.held_out_loss(log_probs, y, l2))
+        self.mean, self.std, self.weight, self.bias = self.regression(log_probs, y, self.penalty)
+        return self
+
+    def regression(self, log_probs, y, l2: float) -> tuple[torch.Tensor, ...]:
+        """(mean, scale, weight (C, K), bias (K,)): cross-entropy + l2·‖weight‖², by L-BFGS."""
+        mean, scale = standardisation(log_probs)
+        features = (log_probs - mean) / scale                                 # (N, C)
+        weight = torch.zeros(log_probs.shape[1], self.num_target, requires_grad=True)
         bias = torch.zeros(self.num_target, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200,
-                                      line_search_fn="strong_wolfe")
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, line_search_fn="strong_wolfe")
 
         def closure():
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(features @ weight + bias, y)
-            loss = loss + self.l2 * weight.pow(2).sum()
+            loss = torch.nn.functional.cross_entropy(features @ weight + bias, y) + l2 * weight.pow(2).sum()
             loss.backward()
             return loss
-
         optimizer.step(closure)
-        self.weight, self.bias = weight.detach(), bias.detach()
-        return self
+        return mean, scale, weight.detach(), bias.detach()
+
+    def held_out_loss(self, log_probs, y, l2: float) -> float:
+        """Mean cross-entropy of each example under the head fitted without its (stratified) fold."""
+        fold = torch.argsort(torch.argsort(y, stable=True)) % min(self.cv_folds, len(y))   # rank by class
+        total = 0.0
+        for out in (fold == k for k in fold.unique().tolist()):
+            mean, scale, weight, bias = self.regression(log_probs[~out], y[~out], l2)
+            scores = ((log_probs[out] - mean) / scale) @ weight + bias
+            total += float(torch.nn.functional.cross_entropy(scores, y[out], reduction="sum"))
+        return total / len(y)
 
     def __call__(self, log_probs):
         return ((log_probs - self.mean) / self.std) @ self.weight + self.bias  # (..., B, K)
 
     def state_dict(self):
-        return {"mean": self.mean, "std": self.std, "weight": self.weight, "bias": self.bias}
+        return {"mean": self.mean, "std": self.std, "weight": self.weight, "bias": self.bias,
+                "penalty": torch.tensor(self.penalty, dtype=torch.float64)}
 
     def load_state_dict(self, state):
-        self.mean, self.std = state["mean"], state["std"]
+        self.mean, self.std, self.penalty = state["mean"], state["std"], float(state.get("penalty", self.l2))
         self.weight, self.bias = state["weight"], state["bias"]
 
     def explain(self, classes):
         source, target = self.weight.shape                                 # (C, K)
-        return [f"linear head: softmax regression on standardised source log-probabilities, weights "
-                f"{source:,} × {target:,} and {target:,} biases ({source * target + target:,} parameters)."]
+        return [f"linear head: softmax regression on standardised source log-probabilities, weights {source:,} × "
+                f"{target:,} and {target:,} biases ({source * target + target:,} parameters), L2 penalty "
+                f"{self.penalty:g}" + (f" (by {self.cv_folds}-fold cross-validation)." if self.cv_folds else ".")]
 
 
 class BayesianMap(LabelMap):
@@ -358,8 +381,7 @@ class NearestNeighbours(LabelMap):
         self.labels = torch.zeros(0, dtype=torch.long)                # (N,)
 
     def fit(self, log_probs, y):
-        self.mean = log_probs.mean(dim=0)
-        self.std = log_probs.std(dim=0).nan_to_num(1.0).clamp_min(1e-6)
+        self.mean, self.std = standardisation(log_probs)
         self.features, self.labels = (log_probs - self.mean) / self.std, y.long().clone()
         return self
 
