@@ -180,6 +180,22 @@ def test_a_suite_is_narrowed_to_some_budgets_seeds_pairs_and_methods():
         restricted(load_suite(SMOKE), seeds="1,1")
 
 
+def test_a_suite_without_shots_or_answers_keeps_its_cell_ids_records_and_table_keys(tmp_path):
+    # the axes of the few-label suites leave a suite that has none as it was: committed results read
+    suite = load_suite(SMOKE)
+    assert not suite.axes and suite.shots == () and suite.answers == ()
+    cell = Cell("ItalyPowerDemand", "zo-random", 1500, 1)
+    assert cell.id == "ItalyPowerDemand/zo-random/1500-s1" and cell.key == "1500"
+    assert cell.record() == {"pair": "ItalyPowerDemand", "method": "zo-random", "budget": 1500, "seed": 1}
+    assert Cell.of({**cell.record(), "status": "done"}) == cell
+    assert Cell("P", "head", None, 0, shots=0, answers="top5").id == "P/head/any-shotsall-top5-s0"
+    records = [{**Cell("ItalyPowerDemand", "zo-random", 1500, s).record(), "id": "x", "status": "done",
+                "test_accuracy": 0.5 + s / 10, "queries": 1500, "wall_seconds": 1.0} for s in (0, 1)]
+    results = summarise(suite, records, tmp_path)
+    assert list(results["summary"]["ItalyPowerDemand"]["zo-random"]) == ["1500"]
+    assert "shots" not in results and "margins" not in results
+
+
 def journalled_suite(folder: Path) -> Path:
     """The smoke suite's ZO method alone, one budget and seed, with the journal on (as a
     remote backend has it by default)."""
@@ -327,6 +343,6 @@ def test_every_committed_finished_cell_reads_with_the_current_config_layout(fold
     done = [r for r in json.loads((RESULTS / folder / "results.json").read_text())["cells"] if r["status"] == "done"]
     assert done
     for record in done:
-        cell = Cell(record["pair"], record["method"], record["budget"], record["seed"])
+        cell = Cell.of(record)                   # with its shots and answers, in a suite with those axes
         config = suite.config(cell, RESULTS / folder / "cells" / cell.id)
         assert record["config_digest"] == cell_digest(config, suite.method(cell.method).baseline), record["id"]

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..data.splits import TooFewShots
 from ..run.config import RunConfig, to_toml, with_absolute_paths
 from ..files import atomic_write
 from ..run.journal import JOURNAL
+from ..run.trainer import BudgetTooSmall
 from .results import command_line, summarise, write_results
 from .suite import EXECUTORS, Cell, Suite, SuiteError, load_suite
 
@@ -30,11 +32,11 @@ def cell_digest(config: RunConfig, baseline: str) -> str:
 
 def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict], None] | None = None) -> dict:
     """Run one cell into ``out/cells/<id>`` and return its record (also written as cell.json)."""
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, check=False)              # the command that runs the suite checked it
     folder = Path(out) / "cells" / cell.id
     config = suite.config(cell, folder)
     method = suite.method(cell.method)
-    record = {**dataclasses.asdict(cell), "id": cell.id, "config_digest": cell_digest(config, method.baseline)}
+    record = {**cell.record(), "id": cell.id, "config_digest": cell_digest(config, method.baseline)}
     # a trained cell cut short by an earlier run of the suite resumes from its journal (what it
     # paid for is read back); anything else cut short starts again
     resume = (not method.baseline and (folder / JOURNAL).is_file() and (folder / "config.toml").is_file()
@@ -42,14 +44,23 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     if folder.exists() and not resume:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(config, cell, method.baseline, folder, record, resume, report)
+    except (BudgetTooSmall, TooFewShots) as error:   # one step costs more than the budget; a class lacks shots
+        shutil.rmtree(folder)
+        return {**record, "status": "skipped", "reason": str(error)}
+
+
+def _run(config: RunConfig, cell: Cell, baseline: str, folder: Path, record: dict, resume: bool,
+         report: Callable[[str, dict], None] | None) -> dict:
     started = time.perf_counter()
-    if method.baseline == "scratch":
+    if baseline == "scratch":
         from .scratch import train_from_scratch
         splits = config.data.splits(config.seed)
         outcome = train_from_scratch(splits, seed=config.seed)
         record.update(test_accuracy=outcome["test_accuracy"], queries=0, test_queries=0, steps=outcome["epochs"],
                       detail=outcome)
-    elif method.baseline == "zero":
+    elif baseline == "zero":
         from ..run.runner import build
         components = build(config)
         try:
@@ -58,20 +69,16 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
             components.backend.close()
         record.update(test_accuracy=outcome["test_accuracy"], queries=outcome["ledger"]["budgeted"],
                       test_queries=outcome["ledger"]["test"]["queries"], steps=0)
+        if hasattr(components.trainer.label_map, "penalty"):      # a linear head: the L2 penalty it used
+            record["detail"] = {"l2": components.trainer.label_map.penalty}
     else:
         from ..run.runner import Run
-        from ..run.trainer import BudgetTooSmall
 
         def progress(row: dict) -> None:
             if report:
                 report(cell.id, {"queries": row["queries"], "budget": config.budget, "step": row["step"]})
 
-        try:
-            job = Run(config, progress=progress)
-        except BudgetTooSmall as error:            # this method's one step costs more than the budget
-            shutil.rmtree(folder)
-            return {**record, "status": "skipped", "reason": str(error)}
-        _, summary = job.execute(folder, resume=resume, plot=False)
+        _, summary = Run(config, progress=progress).execute(folder, resume=resume, plot=False)
         record.update(test_accuracy=summary["test_accuracy"], start_accuracy=summary["start_accuracy"],
                       queries=summary["budgeted_queries"], test_queries=summary["queries"]["test"],
                       steps=summary["steps"], stopped=summary["stopped"])
@@ -141,15 +148,15 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
     todo = []
     for cell in suite.cells():
         record = finished_record(suite, cell, out)
-        reason = suite.missing(suite.pair(cell.pair))
+        reason = suite.missing(suite.pair(cell.pair)) or suite.inapplicable(cell)
         if reason:
-            records[cell.id] = {**dataclasses.asdict(cell), "id": cell.id, "status": "skipped", "reason": reason}
+            records[cell.id] = {**cell.record(), "id": cell.id, "status": "skipped", "reason": reason}
             event("skipped", cell.id, records[cell.id])
         elif record is not None:
             records[cell.id] = record
             event("resumed", cell.id, record)
         elif report_only:
-            records[cell.id] = {**dataclasses.asdict(cell), "id": cell.id, "status": "not run"}
+            records[cell.id] = {**cell.record(), "id": cell.id, "status": "not run"}
         else:
             todo.append(cell)
     jobs = jobs or os.cpu_count() or 1
@@ -172,7 +179,7 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 0, executor: str = "proces
 
 def failed(cell: Cell, error: BaseException) -> dict:
     """The record of a cell whose run raised (or whose worker died)."""
-    return {**dataclasses.asdict(cell), "id": cell.id, "status": "failed",
+    return {**cell.record(), "id": cell.id, "status": "failed",
             "reason": f"{type(error).__name__}: {error}".strip().splitlines()[0]}
 
 

@@ -15,27 +15,30 @@ from .suite import Cell, Suite
 
 # ---- results ----------------------------------------------------------------------------------
 def summarise(suite: Suite, records: list[dict], out: Path) -> dict:
-    """Per pair, method and budget: test accuracy mean ± std over seeds and queries spent."""
-    table: dict = {}
-    for pair in suite.pairs:
-        table[pair.name] = {}
-        for method in suite.methods:
-            rows = [r for r in records if r["pair"] == pair.name and r["method"] == method.name]
-            by_budget = {}
-            for budget in ((None,) if method.baseline else suite.budgets):
-                done = [r for r in rows if r["budget"] == budget and r["status"] == "done"]
-                if done:
-                    accuracy = [r["test_accuracy"] for r in done]
-                    by_budget["any" if budget is None else str(budget)] = {
-                        "mean": statistics.fmean(accuracy),
-                        "std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-                        "n": len(accuracy), "queries": statistics.fmean(r["queries"] for r in done),
-                        "seconds": statistics.fmean(r["wall_seconds"] for r in done)}
-            table[pair.name][method.name] = by_budget
+    """Per pair, method and column (``Cell.key``: the budget, and the shots and answers of a
+    suite with those axes): test accuracy mean ± std over seeds and queries spent."""
+    done: dict = {}
+    for record in records:
+        if record["status"] == "done":
+            done.setdefault((record["pair"], record["method"], Cell.of(record).key), []).append(record)
+    table: dict = {pair.name: {method.name: {} for method in suite.methods} for pair in suite.pairs}
+    for cell in suite.cells():
+        rows = done.get((cell.pair, cell.method, cell.key))
+        if rows and cell.key not in table[cell.pair][cell.method]:
+            accuracy = [r["test_accuracy"] for r in rows]
+            table[cell.pair][cell.method][cell.key] = {
+                "mean": statistics.fmean(accuracy), "std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                "n": len(accuracy), "queries": statistics.fmean(r["queries"] for r in rows),
+                "seconds": statistics.fmean(r["wall_seconds"] for r in rows)}
     skipped = {p.name: suite.missing(p) for p in suite.pairs if suite.missing(p)}
+    axes = {}
+    if suite.axes:                                 # and the best black-box minus the best baseline per column
+        from .grid import margins
+        axes = {"shots": list(suite.shots), "answers": list(suite.answers), "margins": margins(suite, table)}
     return {"suite": suite.name, "description": suite.description, "budgets": list(suite.budgets),
-            "seeds": list(suite.seeds), "methods": {m.name: {"label": m.label, "baseline": m.baseline,
-                                                                "black_box": m.black_box} for m in suite.methods},
+            "seeds": list(suite.seeds), **axes,
+            "methods": {m.name: {"label": m.label, "baseline": m.baseline, "black_box": m.black_box}
+                        for m in suite.methods},
             "date": datetime.date.today().isoformat(), "machine": machine(), "command": command_line(),
             "cell_commands": cell_commands(out), "summary": table, "skipped": skipped, "cells": records}
 
@@ -68,14 +71,16 @@ def machine() -> dict:
 def write_results(suite: Suite, results: dict, out: Path) -> None:
     atomic_write(out / "results.json", (json.dumps(results, indent=1) + "\n").encode())
     atomic_write(out / "results.md", markdown(suite, results).encode())
+    from .grid import plot_grid
     for pair in suite.pairs:
         if pair.name not in results["skipped"]:
-            plot_pair(suite, results, pair.name, out / f"{pair.name}.png")
+            (plot_grid if suite.axes else plot_pair)(suite, results, pair.name, out / f"{pair.name}.png")
 
 
 def markdown(suite: Suite, results: dict) -> str:
     """One table per pair: methods × budgets, test accuracy mean ± std (seeds), the best
-    black-box method of each budget in bold; baselines shown at every budget that pays for them."""
+    black-box method of each budget in bold; baselines shown at every budget that pays for them.
+    A suite with shots and answers axes gets methods × (shots × answers) tables instead (grid.py)."""
     m = results["machine"]
     lines = [f"# Benchmark suite `{suite.name}`", ""]
     if suite.description:
@@ -83,14 +88,18 @@ def markdown(suite: Suite, results: dict) -> str:
     lines += [f"{results['date']}, {m['host']} ({m['system']}, {m['cpus']} CPUs), "
               + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
               f"Command: `{results['command'] or 'bbreprog bench ' + str(suite.path)}`. "
-              f"Seeds {', '.join(map(str, suite.seeds))}; test accuracy, mean ± std over seeds; budgeted queries "
-              "(everything but the test pass) on the columns; `–`: the budget does not pay for it; "
-              "in bold, the best black-box method of each budget.", ""]
+              f"Seeds {', '.join(map(str, suite.seeds))}; test accuracy, mean ± std over seeds; "
+              + ("budgeted queries (everything but the test pass) on the columns; `–`: the budget does not pay "
+                 "for it; in bold, the best black-box method of each budget." if not suite.axes else
+                 "budgeted queries: everything but the test pass."), ""]
     earlier = [c for c in results.get("cell_commands", []) if c != results["command"]]
     if earlier:
         lines += ["The cells were run by: " + "; ".join(f"`{c}`" for c in earlier) + ".", ""]
     if any(c["status"] == "not run" for c in results["cells"]):
         lines += ["`not run`: no command has run that cell yet (the same command without `--report` runs it).", ""]
+    if suite.axes:
+        from .grid import grid_sections                # grid.py reads this module's helpers
+        return "\n".join(lines + grid_sections(suite, results))
     not_run = {(c["pair"], c["method"], c["budget"]) for c in results["cells"] if c["status"] == "not run"}
     for pair in suite.pairs:
         lines += [f"## {pair.name}", ""]
@@ -220,7 +229,10 @@ def plot_pair(suite: Suite, results: dict, pair: str, path: Path) -> None:
 
 def headline(results: dict) -> str:
     """One line per pair for the terminal: the best black-box method at the largest budget
-    against the best baseline."""
+    against the best baseline (with shots and answers axes: where reprogramming beat them)."""
+    if "shots" in results:
+        from .grid import grid_headline
+        return grid_headline(results)
     lines = []
     for pair, table in results["summary"].items():
         if pair in results["skipped"]:

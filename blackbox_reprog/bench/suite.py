@@ -1,10 +1,14 @@
 """A suite file read and checked: its pairs, methods, budgets and seeds, and the cells they make.
 
-What a suite file holds is described in ``blackbox_reprog.bench``'s docstring.
+What a suite file holds is described in ``blackbox_reprog.bench``'s docstring. Two optional axes
+multiply the cells: ``shots`` (labelled examples per class, ``data.shots``; ``"all"`` or 0: every
+one) and ``answers`` (what the model answers, through ``backend.output``: ``scores`` as it comes,
+``probs``, ``top<k>`` such as ``top5``, ``label``) — the same model, told to answer less.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -13,6 +17,8 @@ from ..errors import Refusal
 
 
 BASELINES = ("zero", "scratch")
+#: what an ``answers`` value sets: backend.output (and backend.k for ``top<k>``)
+ANSWERS = {"scores": "", "probs": "probs", "label": "label"}
 EXECUTORS = ("process", "serial", "ray")
 
 
@@ -47,10 +53,29 @@ class Cell:
     method: str
     budget: int | None                   # None: a baseline, the same at every budget
     seed: int
+    shots: int | None = None             # None: the suite has no shots axis; 0: every example
+    answers: str | None = None           # None: no answers axis, or a method that sends no query
+
+    @property
+    def key(self) -> str:
+        """Its column in the results (``summary[pair][method][key]``): the budget, then the axes."""
+        key = "any" if self.budget is None else str(self.budget)
+        if self.shots is not None:
+            key += f"-shots{self.shots or 'all'}"
+        return key + (f"-{self.answers}" if self.answers is not None else "")
 
     @property
     def id(self) -> str:
-        return f"{self.pair}/{self.method}/{'any' if self.budget is None else self.budget}-s{self.seed}"
+        return f"{self.pair}/{self.method}/{self.key}-s{self.seed}"
+
+    def record(self) -> dict:
+        """Its fields for a record (results.json, cell.json), the axes only where the suite has them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k == "budget"}
+
+    @classmethod
+    def of(cls, record: dict) -> "Cell":
+        return cls(*(record[k] for k in ("pair", "method", "budget", "seed")),
+                   shots=record.get("shots"), answers=record.get("answers"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +88,22 @@ class Suite:
     budgets: tuple[int, ...]
     seeds: tuple[int, ...]
     description: str = ""
+    shots: tuple[int, ...] = ()          # the shots axis (0: every example); () none
+    answers: tuple[str, ...] = ()        # the answers axis; () none
+
+    @property
+    def axes(self) -> bool:
+        return bool(self.shots or self.answers)
 
     def cells(self) -> list[Cell]:
         cells = []
         for pair in self.pairs:
             for method in self.methods:
                 budgets = (None,) if method.baseline else self.budgets
-                cells += [Cell(pair.name, method.name, b, s) for b in budgets for s in self.seeds]
+                # a network trained from scratch sends no query: what the model answers is no axis of it
+                answers = (None,) if method.baseline == "scratch" or not self.answers else self.answers
+                cells += [Cell(pair.name, method.name, b, s, shots=n, answers=a) for n in (self.shots or (None,))
+                          for a in answers for b in budgets for s in self.seeds]
         return cells
 
     def pair(self, name: str) -> Pair:
@@ -88,7 +122,20 @@ class Suite:
         # its run config's budget is no limit (it must only admit one step it never takes)
         budget = 10**12 if cell.budget is None else cell.budget
         layers.append({"seed": cell.seed, "budget": budget, "out": str(out), "name": "run"})
+        if cell.shots is not None:
+            layers.append({"data": {"shots": cell.shots}})
+        if cell.answers is not None:
+            layers.append({"backend": answers_settings(cell.answers)})
         return load_config(base=layers)
+
+    def inapplicable(self, cell: Cell) -> str:
+        """Why a method cannot run on a cell's answers ("" when it can): a map that needs scores
+        on labels only. Recorded as skipped, with this reason; the suite itself is valid."""
+        if cell.answers is None or ANSWERS.get(cell.answers) != "label":
+            return ""
+        from ..program.label_maps import LABEL_MAPS
+        kind = self.config(cell, Path(".")).label_map.kind
+        return f"label_map {kind!r} needs scores; label answers have none" if LABEL_MAPS.cls(kind).needs_scores else ""
 
     def missing(self, pair: Pair) -> str:
         """Why a pair's cells are skipped ("" when they run)."""
@@ -97,9 +144,25 @@ class Suite:
         return ""
 
 
+def answers_settings(name: str) -> dict:
+    """An ``answers`` value as backend settings: ``top5`` → output "topk", k 5."""
+    if name in ANSWERS:
+        return {"output": ANSWERS[name]}
+    match = re.fullmatch(r"top([1-9][0-9]*)", name) if isinstance(name, str) else None
+    if not match:
+        raise SuiteError(f"expected answers among {', '.join(ANSWERS)} or top<k> (e.g. top5), got {name!r}")
+    return {"output": "topk", "k": int(match[1])}
+
+
+def shots_text(shots: int) -> str:
+    return "all" if shots == 0 else f"{shots} shot{'s' if shots != 1 else ''}"
+
+
 # ---- reading a suite --------------------------------------------------------------------------
-def load_suite(path: str | Path) -> Suite:
-    """Read and check a suite: every cell's config is built (not run) before anything starts."""
+def load_suite(path: str | Path, *, check: bool = True) -> Suite:
+    """Read and check a suite: a config is built (not run) for every cell but the seeds and
+    budgets, which change nothing a config can refuse, before anything starts. ``check=False``:
+    read it only (a worker running one cell of a suite already checked)."""
     path = Path(path)
     try:
         table = tomllib.loads(path.read_text())
@@ -107,7 +170,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"expected a readable suite file, got {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"expected a TOML suite file, got {path}: {error}") from None
-    known = {"name", "description", "budgets", "seeds", "base", "pairs", "methods"}
+    known = {"name", "description", "budgets", "seeds", "shots", "answers", "base", "pairs", "methods"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise SuiteError(f"expected suite keys among {', '.join(sorted(known))}, got {', '.join(unknown)} in {path}")
@@ -126,19 +189,46 @@ def load_suite(path: str | Path) -> Suite:
         methods.append(Method(name, settings, label=str(extra.get("label", name)), baseline=baseline))
     suite = Suite(name=str(table.get("name", path.stem)), path=path, base=table.get("base", {}), pairs=pairs,
                   methods=tuple(methods), budgets=tuple(sorted(set(budgets))), seeds=tuple(seeds),
-                  description=str(table.get("description", "")))
+                  description=str(table.get("description", "")), shots=_shots(table.get("shots", []), path),
+                  answers=_answers(table.get("answers", []), path))
+    if not check:
+        return suite
+    checked = set()
     for cell in suite.cells():
+        representative = dataclasses.replace(cell, seed=suite.seeds[0],
+                                             budget=None if cell.budget is None else max(suite.budgets))
+        if representative in checked:
+            continue
+        checked.add(representative)
         try:
-            suite.config(cell, Path("."))
+            suite.config(representative, Path("."))
         except ConfigError as error:
             raise SuiteError(f"expected a valid config for cell {cell.id} of {path}, got: {error}") from None
     return suite
 
 
+def _shots(values, path: Path) -> tuple[int, ...]:
+    shots = tuple(0 if v == "all" else v for v in values) if isinstance(values, list) else None
+    if shots is None or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shots) \
+            or len(set(shots)) < len(shots):
+        raise SuiteError(f"expected shots, a list of distinct examples per class (\"all\" or 0: every one), "
+                         f"got {values!r} in {path}")
+    return shots
+
+
+def _answers(values, path: Path) -> tuple[str, ...]:
+    if not isinstance(values, list) or len(set(map(str, values))) < len(values):
+        raise SuiteError(f"expected answers, a list of distinct kinds of answer, got {values!r} in {path}")
+    for value in values:
+        answers_settings(value)
+    return tuple(values)
+
+
 def restricted(suite: Suite, *, budgets: str | None = None, seeds: str | None = None,
-               pairs: str | None = None, methods: str | None = None) -> Suite:
+               pairs: str | None = None, methods: str | None = None, shots: str | None = None,
+               answers: str | None = None) -> Suite:
     """The suite with other budgets or seeds (comma-separated integers), or only some of its
-    pairs or methods (comma-separated names)."""
+    pairs, methods, shots or answers (comma-separated names; shots "all" or numbers)."""
     def integers(text: str, what: str, positive: bool) -> tuple[int, ...]:
         try:
             values = tuple(int(part) for part in text.replace("_", "").split(","))
@@ -161,6 +251,16 @@ def restricted(suite: Suite, *, budgets: str | None = None, seeds: str | None = 
         if unknown or not wanted:
             raise SuiteError(f"expected --{what} among {', '.join(known)}, got {names!r}")
         suite = dataclasses.replace(suite, **{what: tuple(known[name] for name in wanted)})
+    for what, text in (("shots", shots), ("answers", answers)):
+        if text is None:
+            continue
+        # shots by number or "all"; answers by name
+        known = {("all" if v == 0 else str(v)) if what == "shots" else v: v for v in getattr(suite, what)}
+        wanted = [name.strip() for name in text.split(",") if name.strip()]
+        if not wanted or any(name not in known for name in wanted):
+            raise SuiteError(f"expected --{what} among {', '.join(known) or 'none (the suite has no such axis)'}, "
+                             f"got {text!r}")
+        suite = dataclasses.replace(suite, **{what: tuple(dict.fromkeys(known[name] for name in wanted))})
     return suite
 
 
@@ -168,20 +268,24 @@ def check_suite(suite: Suite) -> None:
     """Build every (pair, method) once, at the largest budget, without sending a query: an
     unknown estimator, a model the data does not fit, … refuse the suite before any cell runs
     (a budget too small for a method's one step only skips that cell)."""
+    from ..data.splits import TooFewShots
     from ..run.runner import build
     from ..run.trainer import BudgetTooSmall
-    for pair in suite.pairs:
-        if suite.missing(pair):
+    built = set()
+    for cell in suite.cells():
+        # once per pair, method and kind of answer, at the fewest shots (the largest budget, the first seed)
+        cell = dataclasses.replace(cell, seed=suite.seeds[0], shots=min(suite.shots, key=lambda n: n or 1e9)
+                                   if suite.shots else None, budget=None if cell.budget is None else max(suite.budgets))
+        if cell in built or suite.missing(suite.pair(cell.pair)) or suite.inapplicable(cell):
             continue
-        for method in suite.methods:
-            cell = Cell(pair.name, method.name, None if method.baseline else max(suite.budgets), suite.seeds[0])
-            try:
-                build(suite.config(cell, Path("."))).backend.close()
-            except BudgetTooSmall:
-                pass                               # its cells are skipped, with the reason, when they run
-            except Exception as error:
-                raise SuiteError(f"expected cell {cell.id} of {suite.path} to build, got "
-                                 f"{type(error).__name__}: {error}") from None
+        built.add(cell)
+        try:
+            build(suite.config(cell, Path("."))).backend.close()
+        except (BudgetTooSmall, TooFewShots):
+            pass                                   # its cells are skipped, with the reason, when they run
+        except Exception as error:
+            raise SuiteError(f"expected cell {cell.id} of {suite.path} to build, got "
+                             f"{type(error).__name__}: {error}") from None
 
 
 def _entries(table: dict, section: str, extras: tuple[str, ...], path: Path):
