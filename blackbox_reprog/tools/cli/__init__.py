@@ -5,7 +5,7 @@ input (config, data, backend, budget, usage) — refused before any query was
 spent; 3 the model stopped answering (a remote endpoint's circuit breaker opened) — a
 checkpoint was written, try again later.
 """
-from . import runs, programs, bench, models  # noqa: F401  (each registers its commands, in this order)
+from . import runs, programs, bench, models, catalog  # noqa: F401  (each registers its commands, in this order)
 from .common import main
 from .runs import DEMO
 

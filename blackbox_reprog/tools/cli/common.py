@@ -36,8 +36,27 @@ def common_options(command):
     return command
 
 
-@click.group()
+class WholeSummaries(click.Group):
+    """The command group: ``bbreprog --help`` lists each command with its summary whole (its
+    ``short_help``, else the first sentence of its help), wrapped rather than cut at the
+    terminal's width as click does by default."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=WholeSummaries, context_settings={"max_content_width": 100})
 @click.version_option(package_name="blackbox-reprog")
 def main():
     """Reprogram models you can only query: learn an input program and a label map with
-    zeroth-order gradient estimates, counting every query."""
+    zeroth-order gradient estimates, counting every query.
+
+    To start: `bbreprog datasets` and `bbreprog models` list what is built in, `bbreprog init
+    signals` writes a config to start from, `bbreprog train signals.toml` trains it."""
