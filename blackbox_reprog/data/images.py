@@ -21,22 +21,37 @@ def class_folder_images(root: Path) -> list[Path]:
 
 
 def read_image_folder(root: Path) -> Raw:
-    """root/<class>/*.png|jpg, all the first image's size; gray stays 1 channel unless any is colour."""
+    """root/<class>/*.png|jpg, all of one size; gray stays 1 channel unless any is colour."""
     files = class_folder_images(root)
     if not files:
         raise DataError(f"expected images in class folders like {root.name}/<class>/*.png, got none")
     pixels = [_load_image(p) for p in files]
-    (height, width), first = pixels[0].shape[:2], files[0].relative_to(root)
-    for path, image in zip(files, pixels):
-        if image.shape[:2] != (height, width):
-            raise DataError(f"expected every image to be {width}x{height} like {first}, got "
-                            f"{path.relative_to(root)}, which is {image.shape[1]}x{image.shape[0]}")
+    check_one_size(files, pixels, root)
     if any(image.ndim == 3 for image in pixels):
         pixels = [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in pixels]
         x = np.stack(pixels).transpose(0, 3, 1, 2)
     else:
         x = np.stack(pixels)[:, None]
     return x / 255.0, [p.parent.name for p in files]
+
+
+def check_one_size(files: list[Path], pixels: list[np.ndarray], root: Path) -> None:
+    """Refuse images of mixed sizes, naming the first image whose size differs from most
+    images' (between sizes equally common, from the size that comes first)."""
+    sizes = [image.shape[:2] for image in pixels]
+    size = max(dict.fromkeys(sizes), key=sizes.count)      # first-seen order; max keeps the first best
+    odd = next((i for i, s in enumerate(sizes) if s != size), None)
+    if odd is None:
+        return
+    count, like = sizes.count(size), files[sizes.index(size)].relative_to(root)
+    if count == 1:
+        shown = str(like)
+    else:
+        shown = f"the other {count}" if count == len(files) - 1 else f"{count} of the {len(files)}"
+        shown += f" (e.g. {like})"
+    height, width = size
+    raise DataError(f"expected every image to be {width}x{height} like {shown}, got "
+                    f"{files[odd].relative_to(root)}, which is {sizes[odd][1]}x{sizes[odd][0]}")
 
 
 def _load_image(path: Path) -> np.ndarray:
