@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,22 @@ from blackbox_reprog.errors import Refusal
 from .safety import UnsafeModel, check_model_file, external_locations
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+#: model files whose assumed output kind or value range was already said, once per process
+_NOTED: set[str] = set()
+
+
+def note_assumptions(path: Path, assumed: dict[str, str]) -> None:
+    """Say on stderr, once per model file and process, what was assumed for a model whose file
+    carries no bbreprog metadata (``bbreprog.output_kind``, ``bbreprog.value_range``) and whose
+    backend.options did not say, and which keys set it."""
+    if not assumed or str(path) in _NOTED:
+        return
+    _NOTED.add(str(path))
+    metadata = " or ".join(f"bbreprog.{key}" for key in assumed)
+    values = " and ".join(f"{key} {value}" for key, value in assumed.items())
+    keys = " and ".join(f"backend.options.{key}" for key in assumed)
+    print(f"note: {path.name} has no {metadata} metadata: assuming {values}; set {keys} if that is wrong",
+          file=sys.stderr)
 
 
 def _threads_from_environment() -> int:
@@ -91,6 +108,11 @@ class OnnxBackend(Backend):
         if first.type not in _DTYPES:
             raise Refusal(f"expected a floating-point model input, got {first.type}")
         self.input_name = first.name
+        assumed = {}
+        if output_kind is None and "bbreprog.output_kind" not in metadata:
+            assumed["output_kind"] = '"logits" (scores before a softmax)'
+        if value_range is None and "bbreprog.value_range" not in metadata:
+            assumed["value_range"] = "unbounded (any input value)"
         if value_range is None and "bbreprog.value_range" in metadata:
             value_range = _parse_range(metadata["bbreprog.value_range"])
         self.input_spec = InputSpec(tuple(shape), _DTYPES[first.type],
@@ -105,6 +127,7 @@ class OnnxBackend(Backend):
         self.num_classes = classes
         self.max_batch = checked_max_batch(max_batch, shape, device)
         self.model_id = "onnx:sha256:" + _model_digest(self.path, external_locations(proto))
+        note_assumptions(self.path.resolve(), assumed)     # once the model is known to load
 
     @staticmethod
     def _providers(ort, device: str) -> list[str]:
