@@ -7,13 +7,21 @@ import math
 
 import torch
 
+from ..run.plot import chosen_point, mark_chosen, shown_name
+
 
 def draw_curves(run) -> bytes | None:
-    """Validation accuracy (top) and loss (bottom) against budgeted queries spent, as PNG.
+    """Validation accuracy (top) and loss (bottom) against budgeted queries spent, as PNG."""
+    fig = curves_figure(run)
+    return None if fig is None else png_bytes(fig)
+
+
+def curves_figure(run):
+    """The figure ``draw_curves`` draws; None when no step was recorded.
 
     The top panel is ``plot_run``'s picture (accuracy.png), drawn again here because that
-    function draws into a figure of its own; the reference lines are only known when the run
-    has finished."""
+    function draws into a figure of its own; the reference lines and the chosen program's mark
+    are only known when the run has finished."""
     if not run.metrics:
         return None
     import matplotlib
@@ -32,12 +40,10 @@ def draw_curves(run) -> bytes | None:
         top.axhline(r["chance_accuracy"], color="lightgrey", linestyle="--",
                     label=f"majority class ({r['chance_accuracy']:.3f})")
         top.axhline(r["test_accuracy"], color="tab:green", label=f"test, chosen program ({r['test_accuracy']:.3f})")
-    chosen = chosen_at(run)
-    if chosen is not None:
-        top.plot([chosen], [r["best_validation_accuracy"]], marker="*", markersize=12, color="tab:green", zorder=5,
-                 linestyle="none", label=f"chosen on validation (step {r['best_step']})")
-        bottom.plot([chosen], [r["best_validation_loss"]], marker="*", markersize=12, color="tab:green", zorder=5,
-                    linestyle="none", label=f"chosen on validation (step {r['best_step']})")
+    chosen = None if r is None else chosen_point(r, run.metrics)
+    if chosen is not None:            # the lowest validation loss: not always the highest accuracy
+        mark_chosen(top, chosen, r["best_validation_accuracy"], r["best_step"])
+        mark_chosen(bottom, chosen, r["best_validation_loss"], r["best_step"])
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1.02)
     top.legend(loc="lower right", fontsize=7)
@@ -52,21 +58,10 @@ def draw_curves(run) -> bytes | None:
     bottom.legend(loc="upper right", fontsize=7)
     bottom.grid(alpha=0.3)
     state = "" if run.finished else ", unfinished"
-    fig.suptitle(f"{run.config.backend.model} → {run.config.data.name} ({run.config.train.method}, "
-                 f"seed {run.config.seed}{state})", fontsize=10)
+    fig.suptitle(f"{shown_name(run.config.backend.model)} → {shown_name(run.config.data.name)} "
+                 f"({run.config.train.method}, seed {run.config.seed}{state})", fontsize=10)
     fig.tight_layout()
-    return png_bytes(fig)
-
-
-def chosen_at(run) -> int | None:
-    """Budgeted queries spent when the chosen program was validated. Step 0 (the zero program)
-    has no row in metrics.jsonl: it was validated right after the probe and the label-map fit."""
-    r = run.result
-    if r is None:
-        return None
-    if r["best_step"] == 0:
-        return r["queries"].get("probe", 0) + r["queries"]["label-map"] + r["data"]["validation"]
-    return next((row["queries"] for row in run.metrics if row["step"] == r["best_step"]), None)
+    return fig
 
 
 def points(rows: list[dict], key: str) -> tuple[tuple, ...]:
