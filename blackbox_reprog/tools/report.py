@@ -13,6 +13,7 @@ links, ``report-curves.png`` and ``report-program.png``, into the run folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,6 +122,7 @@ def render_report(run: RunFolder, link: Callable[[str], str] = lambda name: name
         parts += [f"![accuracy and loss against queries spent]({link(CURVES)})", ""]
     if run.finished:
         parts += accuracy_section(run.result)
+        parts += per_class_section(run.result, run.program.classes if run.program else None)
     if run.program is None:
         parts += ["## The program", "", "No program.pt: the chosen program is written when the run finishes.", ""]
     else:
@@ -298,6 +300,72 @@ def accuracy_section(result: dict) -> list[str]:
                   f"| train queries | {r['queries']['train']:,} | {c['queries']['train']:,} |",
                   f"| wall time (s) | {r['wall_seconds']:,.1f} | {c['wall_seconds']:,.1f} |", ""]
     return lines
+
+
+#: up to this many classes, the whole confusion matrix is a table; beyond, its largest mistakes
+MATRIX_CLASSES = 10
+#: up to this many classes, every class's accuracy is listed; beyond, the least accurate
+LISTED_CLASSES = 20
+SHOWN_MISTAKES = 10
+
+
+def per_class_section(result: dict, program_classes: list[str] | None) -> list[str]:
+    """The chosen program's test answers by class: each class's accuracy and the confusion
+    matrix (row: true class, column: predicted), from result.json's ``test_confusion`` (counts)
+    and ``test_per_class_accuracy``. With many classes the matrix becomes its largest
+    off-diagonal cells, and the per-class table the least accurate classes."""
+    lines = ["## Per class (test)", ""]
+    confusion = result.get("test_confusion")
+    if confusion is None:
+        return lines + ["result.json has no test_confusion: this run was written before per-class test counts "
+                        "were recorded, so its per-class accuracy and confusion matrix are unknown "
+                        "(train again to get them).", ""]
+    k = len(confusion)
+    classes = [str(c) for c in (result.get("classes") or program_classes or range(k))]
+    if len(classes) != k or any(len(row) != k for row in confusion):
+        return lines + [f"result.json's test_confusion is not a {len(classes)} × {len(classes)} table of counts "
+                        "(one row and one column per class), so it is not shown.", ""]
+    totals = [sum(row) for row in confusion]
+    accuracy = result.get("test_per_class_accuracy") or [row[i] / n if n else None
+                                                         for i, (row, n) in enumerate(zip(confusion, totals))]
+    if len(accuracy) != k:
+        return lines + [f"result.json's test_per_class_accuracy holds {len(accuracy)} values for {k} classes, so "
+                        "the per-class results are not shown.", ""]
+    accuracy = [a if isinstance(a, (int, float)) and math.isfinite(a) else None for a in accuracy]  # no examples
+    names = [cell(name) for name in classes]
+    order = list(range(k))
+    if k > LISTED_CLASSES:                  # the least accurate first; classes without examples last
+        order = sorted(order, key=lambda i: (accuracy[i] is None, accuracy[i] or 0.0))[:LISTED_CLASSES]
+        lines += [f"The {LISTED_CLASSES} least accurate of {k} classes (result.json lists them all):", ""]
+    lines += ["| true class | test examples | predicted right | accuracy | most often mistaken for |",
+              "|---|---:|---:|---:|---|"]
+    for i in order:
+        wrong = [(count, -j) for j, count in enumerate(confusion[i]) if j != i and count]
+        count, j = max(wrong, default=(0, 0))              # ties: the first class
+        mistaken = f"{names[-j]} ({count:,})" if count else "—"
+        shown = "—" if accuracy[i] is None else f"{accuracy[i]:.3f}"
+        lines.append(f"| {names[i]} | {totals[i]:,} | {confusion[i][i]:,} | {shown} | {mistaken} |")
+    lines.append("")
+    if k <= MATRIX_CLASSES:
+        lines += ["Confusion matrix: one row per true class, one column per predicted class, counts of test "
+                  "examples; the diagonal is right.", "",
+                  "| true ↓ predicted → | " + " | ".join(names) + " |", "|---|" + "---:|" * k]
+        lines += [f"| {names[i]} | " + " | ".join(f"**{n:,}**" if i == j else f"{n:,}" for j, n in enumerate(row))
+                  + " |" for i, row in enumerate(confusion)]
+        return lines + [""]
+    mistakes = sorted(((-n, i, j) for i, row in enumerate(confusion) for j, n in enumerate(row) if i != j and n)
+                      )[:SHOWN_MISTAKES]
+    if not mistakes:
+        return lines + [f"Every test example was predicted right ({k} × {k} confusion matrix in result.json).", ""]
+    lines += [f"The confusion matrix has {k} × {k} cells (result.json's test_confusion); its "
+              f"{len(mistakes)} largest mistakes:", "", "| true class | predicted as | test examples |", "|---|---|---:|"]
+    lines += [f"| {names[i]} | {names[j]} | {-n:,} |" for n, i, j in mistakes]
+    return lines + [""]
+
+
+def cell(text: str) -> str:
+    """Text as one markdown table cell: a pipe would end the cell, a newline the row."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 # ---- the program -------------------------------------------------------------------------------
