@@ -13,6 +13,9 @@ labelled data file, as training reads it), or a folder of class folders named af
 run's classes. ``predict`` checks the whole batch before the first query and books every
 query in a ledger under ``test``: prediction, like the final test pass, is outside the
 training budget.
+
+Scores are the label map's (log-scale, not probabilities); a ``Calibration`` (calibration.py)
+turns them into probabilities.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .. import data as data_module
 from ..errors import Refusal
 from ..backends.ledger import Ledger
 from ..run.program import Program
+from .calibration import Calibration
 
 IMAGE_SUFFIXES = data_module.IMAGE_SUFFIXES
 SERIES_SUFFIXES = data_module.TEXT_SUFFIXES
@@ -49,11 +53,23 @@ class Predictions:
     queries: int                # first attempts booked in the ledger: one per input
     retried: int                # examples sent again after a failed call
     true_labels: list[str] | None = None    # the labels the inputs came with, when they had them
+    calibration: Calibration | None = None   # how scores become probabilities; None: they do not
 
     @property
     def score(self) -> np.ndarray:
         """(N,) the score of each predicted class."""
         return self.scores[np.arange(len(self.labels)), self.label_index]
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """(N, K) calibrated probabilities of every class; None without a calibration."""
+        return None if self.calibration is None else self.calibration.probabilities(self.scores)
+
+    @property
+    def probability(self) -> np.ndarray | None:
+        """(N,) the calibrated probability of each predicted class; None without a calibration."""
+        found = self.probabilities
+        return None if found is None else found[np.arange(len(self.labels)), self.label_index]
 
     @property
     def correct(self) -> int:
@@ -119,10 +135,11 @@ def _read_one(path: Path, name: str, target_shape: tuple[int, ...], classes, res
 
 
 def predict(program: Program, x: np.ndarray, names: list[str] | None = None,
-            labels: list[str] | None = None) -> Predictions:
+            labels: list[str] | None = None, calibration: Calibration | None = None) -> Predictions:
     """Predict every example of ``x`` (N, *target_shape): the whole batch is checked first, so a
     bad input is refused before any query; then one query per example, booked under ``test``.
-    ``labels``, the inputs' own classes when known, are kept to score the predictions."""
+    ``labels``, the inputs' own classes when known, are kept to score the predictions;
+    ``calibration`` turns the scores into probabilities."""
     program.check_targets(x)
     ledger = Ledger(program.backend, None)
     scores = program.target_logits(x.astype(np.float32), ledger, PURPOSE)     # (N, K)
@@ -131,7 +148,8 @@ def predict(program: Program, x: np.ndarray, names: list[str] | None = None,
     return Predictions(names=names or [str(i) for i in range(len(x))],
                        labels=[program.classes[i] for i in label_index.tolist()], label_index=label_index,
                        scores=scores.numpy(), classes=list(program.classes),
-                       queries=tally["queries"], retried=tally["retried"], true_labels=labels)
+                       queries=tally["queries"], retried=tally["retried"], true_labels=labels,
+                       calibration=calibration)
 
 
 # --------------------------------------------------------------------------- readers

@@ -16,11 +16,19 @@ from .common import fail, main
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the predictions to this .csv or .json file instead of stdout.")
-def predict(run_dir, inputs, output):
+@click.option("--calibrate", is_flag=True,
+              help="Add calibrated probabilities: fit a temperature on the chosen program's scores of the run's "
+                   "validation split, read back from the run's answer store when it kept one, else bought (one "
+                   "query per validation example, counted under 'validate'). Not needed when program.pt holds "
+                   "those scores.")
+def predict(run_dir, inputs, output, calibrate):
     """Predict target labels for INPUTS: a dataset name or path (its test split), an .npz
     (x_test or x) or .npy array, a .csv or .txt file of series (one per line), or image files
-    (or a folder of them). One query per input, counted under 'test', outside the budget."""
+    (or a folder of them). One query per input, counted under 'test', outside the budget.
+    Scores are the label map's (log-scale); probabilities come with a calibration (--calibrate)."""
     from ...backends.base import BackendUnavailable
+    from ..calibration import calibrate as calibrate_program
+    from ..calibration import saved_calibration
     from ..predict import predict as predict_inputs
     from ..predict import read_labelled_inputs
     from ...run.program import load_program
@@ -33,7 +41,11 @@ def predict(run_dir, inputs, output):
     try:
         resampled = program.config.data.length > 0      # the run's series were resampled: inputs are too
         found = read_labelled_inputs(inputs, program.transform.target_shape, program.classes, resampled)
-        result = predict_inputs(program, found.x, found.names, found.labels)  # all checked before the first query
+        program.check_targets(found.x)                  # before any query, calibration's included
+        calibration = saved_calibration(run_dir, program)
+        if calibration is None and calibrate:
+            calibration = calibrate_program(program, run_dir)
+        result = predict_inputs(program, found.x, found.names, found.labels, calibration)
     except Refusal as error:
         fail(str(error))
     except BackendUnavailable as error:
@@ -49,6 +61,10 @@ def predict(run_dir, inputs, output):
     if result.true_labels is not None:
         spent += (f"; accuracy {result.accuracy:.3f} ({result.correct:,} of {len(result.labels):,}) against "
                   "the inputs' labels")
+    if calibrate and calibration is not None:   # asked for: say what it was fitted on and what it cost
+        c = calibration
+        click.echo(f"probabilities calibrated on the run's {c.examples:,} validation examples (temperature "
+                   f"{c.temperature:.3g}; their answers: {c.answers})", err=True)
     if not output:
         click.echo(_predictions_csv(result), nl=False)
         click.echo(spent, err=True)          # stderr: stdout stays a plain CSV
@@ -61,15 +77,21 @@ def predict(run_dir, inputs, output):
 
 def _predictions_csv(result) -> str:
     """input,label,score: one row per input (its index or file path), the score of its label;
-    then true_label, the input's own label, when the inputs were labelled."""
+    then probability, its calibrated probability, when there is a calibration, and true_label,
+    the input's own label, when the inputs were labelled."""
     import csv
     import io
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    header = ["input", "label", "score"]
     columns = [result.names, result.labels, [f"{s:.7g}" for s in result.score.tolist()]]
+    if result.calibration is not None:
+        header.append("probability")
+        columns.append([f"{p:.4f}" for p in result.probability.tolist()])
     if result.true_labels is not None:
+        header.append("true_label")
         columns.append(result.true_labels)
-    writer.writerow(["input", "label", "score", "true_label"][:len(columns)])
+    writer.writerow(header)
     writer.writerows(zip(*columns))
     return buffer.getvalue()
 
@@ -78,8 +100,13 @@ def _predictions_json(result, run_dir: str) -> str:
     rows = [{"input": name, "label": label, "score": score, "scores": scores}
             for name, label, score, scores in zip(result.names, result.labels, result.score.tolist(),
                                                   result.scores.tolist())]
+    if result.calibration is not None:          # each row's probability of its label, and of every class
+        for row, probability, probabilities in zip(rows, result.probability.tolist(),
+                                                   result.probabilities.tolist()):
+            row.update(probability=probability, probabilities=probabilities)
     report = {"run": str(run_dir), "classes": result.classes, "queries": result.queries,
-              "retried": result.retried}
+              "retried": result.retried,
+              "calibration": None if result.calibration is None else result.calibration.describe()}
     if result.true_labels is not None:          # labelled inputs: each row's own label, and the score
         for row, true_label in zip(rows, result.true_labels):
             row["true_label"] = true_label
