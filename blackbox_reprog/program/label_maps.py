@@ -181,8 +181,8 @@ def standardisation(log_probs: torch.Tensor, least: float = 1e-4) -> tuple[torch
 @LABEL_MAPS.register
 class LinearHead(LabelMap):
     """Softmax regression on standardised source log-probabilities, L-BFGS, an L2 penalty: exact
-    gradients, no query (it reads answers already bought). ``cv_folds`` ≥ 2: the penalty chosen at
-    each fit from ``grid`` by stratified k-fold cross-validation on the examples fitted."""
+    gradients, no query (it reads answers already bought). ``cv_folds`` ≥ 2: the penalty is chosen at
+    each fit from ``grid`` by stratified k-fold cross-validation on the examples fitted (``held_out``)."""
 
     kind = "linear"
     grid = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)        # cv_folds' penalties; a tie goes to the larger
@@ -199,7 +199,7 @@ class LinearHead(LabelMap):
 
     def fit(self, log_probs, y):
         if self.cv_folds:
-            self.penalty = min(self.grid, key=lambda l2: self.held_out_loss(log_probs, y, l2))
+            self.penalty = min(self.grid, key=lambda l2: self.held_out(log_probs, y, l2))
         self.mean, self.std, self.weight, self.bias = self.regression(log_probs, y, self.penalty)
         return self
 
@@ -210,7 +210,6 @@ class LinearHead(LabelMap):
         weight = torch.zeros(log_probs.shape[1], self.num_target, requires_grad=True)
         bias = torch.zeros(self.num_target, requires_grad=True)
         optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, line_search_fn="strong_wolfe")
-
         def closure():
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(features @ weight + bias, y) + l2 * weight.pow(2).sum()
@@ -219,15 +218,16 @@ class LinearHead(LabelMap):
         optimizer.step(closure)
         return mean, scale, weight.detach(), bias.detach()
 
-    def held_out_loss(self, log_probs, y, l2: float) -> float:
-        """Mean cross-entropy of each example under the head fitted without its (stratified) fold."""
+    def held_out(self, log_probs, y, l2: float) -> tuple[int, float]:
+        """Held-out (errors, cross-entropy), stratified folds; errors first: the loss alone favours calibration."""
         fold = torch.argsort(torch.argsort(y, stable=True)) % min(self.cv_folds, len(y))   # rank by class
-        total = 0.0
+        errors, total = 0, 0.0
         for out in (fold == k for k in fold.unique().tolist()):
             mean, scale, weight, bias = self.regression(log_probs[~out], y[~out], l2)
             scores = ((log_probs[out] - mean) / scale) @ weight + bias
+            errors += int((scores.argmax(dim=1) != y[out]).sum())
             total += float(torch.nn.functional.cross_entropy(scores, y[out], reduction="sum"))
-        return total / len(y)
+        return errors, total
 
     def __call__(self, log_probs):
         return ((log_probs - self.mean) / self.std) @ self.weight + self.bias  # (..., B, K)
