@@ -72,7 +72,7 @@ def test_training_lowers_the_loss_and_records_every_step():
     result = build(config(budget=20000, **{"optimizer.lr": 0.1}), backend=backend()).trainer.fit()
     losses = [r["loss"] for r in result.history]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert [r["step"] for r in result.history] == list(range(1, result.steps + 1))
+    assert [r["step"] for r in result.history] == list(range(0, result.steps + 1))   # step 0: the zero program
     assert all(r["queries"] <= 20000 for r in result.history)
     queries = [r["queries"] for r in result.history]
     assert queries == sorted(queries)
@@ -120,8 +120,8 @@ def test_the_map_is_refitted_on_each_examples_latest_answers(refit_every, max_st
     trainer = build(cfg, backend=backend()).trainer
     fits, steps = [], []
     fit = trainer.label_map.fit
-    # a refit happens inside step s, before the step's row is reported: len(steps) is s - 1 then
-    trainer.label_map.fit = lambda log_probs, y: fits.append((len(steps) + bool(fits), log_probs.clone(), y.clone())) or fit(log_probs, y)
+    # a refit happens inside step s, before the step's row is reported: s - 1 steps are then (after step 0's row)
+    trainer.label_map.fit = lambda log_probs, y: fits.append((max(len(steps) - 1, 0) + bool(fits), log_probs.clone(), y.clone())) or fit(log_probs, y)
     trainer.on_step = steps.append
     trainer.fit()
     assert [at for at, _, _ in fits] == [0] + fits_after_start

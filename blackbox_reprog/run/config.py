@@ -74,6 +74,7 @@ class TrainConfig:
     batch_size: int = 64
     max_steps: int = 0              # 0: until the budget is spent
     eval_every: int = 10            # steps between validation passes
+    patience: int = 0               # stop after this many validation passes without a lower loss; 0: never
     checkpoint_every: int = 10
     compare_with: str = ""          # also run this method with the same seed and steps (e.g. whitebox)
     journal: str = "auto"           # write-ahead journal + answer store: auto (remote backends) | on | off
@@ -187,7 +188,7 @@ def merge(base: dict, path: list[str], value: Any) -> dict:
 
 _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "budget": (0, True), "train.batch_size": (1, True), "train.max_steps": (0, True),
-    "train.eval_every": (1, True), "train.checkpoint_every": (0, True),
+    "train.eval_every": (1, True), "train.checkpoint_every": (0, True), "train.patience": (0, True),
     "backend.k": (1, True), "evolution.popsize": (1, True), "evolution.sigma": (0, False), "data.length": (0, True),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }

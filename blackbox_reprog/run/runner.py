@@ -2,7 +2,8 @@
 
 Builds every component from the config (refusing bad input before any query), runs the
 Trainer, and writes the run folder: ``config.toml``, ``metrics.jsonl``, ``checkpoint.pt``,
-``result.json`` and ``accuracy.png``.
+``result.json`` and ``accuracy.png`` (``INTERRUPTED`` while a run stopped by Ctrl-C awaits its
+resume). ``plan`` says what a config would spend, sending nothing.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import data as data_module
-from ..backends.base import Backend
+from ..backends.base import Backend, InputSpec
 from .config import ConfigError, RunConfig, to_toml, with_absolute_paths
 from ..backends.degrade import degrade
 from ..files import atomic_write
@@ -24,9 +25,12 @@ from .answers import AnswerStore
 from .journal import ANSWERS, JOURNAL, Journal, JournalError, Recorder
 from ..program.losses import LOSSES
 from .program import Program, build_parts
-from ..backends.registry import create_backend
+from ..backends.registry import create_backend, declared
 from ..search.strategies import SEARCHES
 from .trainer import Trainer, TrainingResult
+
+#: the file a run stopped by Ctrl-C (KeyboardInterrupt) leaves in its folder until it is resumed
+INTERRUPTED = "INTERRUPTED"
 
 
 @dataclass
@@ -36,8 +40,8 @@ class Components:
     trainer: Trainer
 
 
-def build(config: RunConfig, *, backend: Backend | None = None,
-          on_step: Callable | None = None, on_checkpoint: Callable | None = None) -> Components:
+def build(config: RunConfig, *, backend: Backend | None = None, on_step: Callable | None = None,
+          on_checkpoint: Callable | None = None, on_test: Callable | None = None) -> Components:
     """Every component of a run, checked against each other; no query is spent here."""
     splits = config.data.splits(config.seed)
     if backend is None:
@@ -55,9 +59,9 @@ def build(config: RunConfig, *, backend: Backend | None = None,
                       train=splits.train, validation=splits.validation, test=splits.test,
                       budget=config.budget, batch_size=config.train.batch_size,
                       max_steps=config.train.max_steps, eval_every=config.train.eval_every,
-                      seed=config.seed,
+                      seed=config.seed, patience=config.train.patience,
                       on_step=on_step, on_checkpoint=on_checkpoint,
-                      checkpoint_every=config.train.checkpoint_every)
+                      checkpoint_every=config.train.checkpoint_every, on_test=on_test)
     return Components(backend, splits, trainer)
 
 
@@ -80,9 +84,71 @@ def backend_options(config: RunConfig) -> dict:
     return dict(config.backend.options)
 
 
+class SpecOnly(Backend):
+    """A remote model as its config describes it (``backend.options``), for a plan: a dry run
+    must not contact an endpoint (building the http backend checks its health), and nothing
+    in a plan is sent."""
+
+    def __init__(self, name: str, *, input_shape=(), num_classes: int = 0, output_kind: str = "probs",
+                 value_range=(-float("inf"), float("inf")), dtype: str = "float32", **ignored):
+        if not input_shape or not num_classes:
+            raise ConfigError("expected backend.options input_shape and num_classes to plan a run on a remote "
+                              f"backend without contacting it, got input_shape {list(input_shape) or 'none'} and "
+                              f"num_classes {num_classes or 'none'}")
+        self.name, self.model_id = name, f"{name} (not contacted)"
+        self.input_spec = InputSpec(tuple(int(n) for n in input_shape), dtype, tuple(float(v) for v in value_range))
+        self.num_classes, self.output_kind = int(num_classes), output_kind
+        self.capabilities = declared(name)
+
+    def _predict(self, x):
+        raise RuntimeError("a plan sends nothing")
+
+
+def plan(config: RunConfig, *, backend: Backend | None = None) -> dict:
+    """What ``config`` would spend, per purpose (``Trainer.plan``), with every component built
+    and checked as for the run itself, and nothing sent; a remote backend is not contacted
+    (``SpecOnly`` stands in for it). With ``train.compare_with``, the compared run's plan too."""
+    capabilities = declared(backend_name(config)) if backend is None else None
+    remote = capabilities is not None and capabilities.remote
+    if remote:
+        backend = SpecOnly(backend_name(config), **backend_options(config))
+    components = build(config, backend=backend)
+    components.backend.close()
+    model = "endpoint, not contacted" if remote else Path(config.backend.model).name
+    planned = {**components.trainer.plan(), "model": f"{backend_name(config)} {model}",
+               "method": config.train.method, "data": Path(config.data.name).name}
+    if config.train.compare_with:
+        planned["comparison"] = plan(comparison_config(config, planned["steps"]))
+    return planned
+
+
+def run_dir_name(config: RunConfig) -> str:
+    """The run folder's name before a suffix: ``name``, or <data>-<method>-s<seed>."""
+    return config.name or f"{Path(config.data.name).stem}-{config.train.method}-s{config.seed}"
+
+
+def interrupted(run_dir: Path) -> dict | None:
+    """What ``INTERRUPTED`` in ``run_dir`` says (``step``, ``queries``, ``resume``), None when
+    the folder holds no interrupted run ({} for a marker that cannot be read)."""
+    path = Path(run_dir) / INTERRUPTED
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def mark_interrupted(run_dir: Path, step: int, queries: int) -> None:
+    """Ctrl-C: the folder says that its run was interrupted, where, and how to continue it
+    (``result.json`` stays unwritten: the run did not finish)."""
+    marker = {"step": step, "queries": queries, "resume": f"bbreprog resume {run_dir}"}
+    atomic_write(Path(run_dir) / INTERRUPTED, (json.dumps(marker) + "\n").encode())
+
+
 def new_run_dir(config: RunConfig) -> Path:
     """A fresh folder under ``config.out``; an existing name gets a numeric suffix."""
-    base = config.name or f"{Path(config.data.name).stem}-{config.train.method}-s{config.seed}"
+    base = run_dir_name(config)
     root = Path(config.out)
     root.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 10_000):
@@ -105,6 +171,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def result_dict(config: RunConfig, components: Components, result: TrainingResult) -> dict:
     test = components.splits.test
     counts = np.bincount(test.y, minlength=test.num_classes)
+    confusion = np.array(result.test_confusion)                         # (K, K): row true, column predicted
+    examples = confusion.sum(axis=1)                                     # (K,) test examples per class
     return {
         "test_accuracy": result.test_accuracy,
         "start_accuracy": result.start_accuracy,
@@ -113,6 +181,8 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "best_validation_accuracy": result.best_validation_accuracy,
         "best_validation_loss": result.best_validation_loss,
         "best_step": result.best_step,
+        "start_validation_loss": result.start_validation.get("loss"),      # the zero program, step 0
+        "start_validation_accuracy": result.start_validation.get("accuracy"),
         "steps": result.steps,
         "stopped": result.stopped,
         "queries": {purpose: v["queries"] for purpose, v in result.ledger.items()
@@ -122,6 +192,7 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "calls": result.ledger["total"]["calls"],
         "budget": config.budget,
         "budgeted_queries": result.ledger["budgeted"],
+        "unspent": config.budget - result.ledger["budgeted"],    # never sent, never billed (early stop, leftovers)
         "seed": config.seed,
         "wall_seconds": round(result.wall_seconds, 2),
         "method": config.train.method,
@@ -132,6 +203,10 @@ def result_dict(config: RunConfig, components: Components, result: TrainingResul
         "program": {**components.trainer.transform.describe()},
         "label_map": config.label_map.kind,
         "search": components.trainer.search.describe(),
+        # the chosen program's final test pass, for a confusion matrix (no query of its own)
+        "classes": [str(c) for c in components.splits.train.classes],
+        "test_confusion": result.test_confusion,
+        "test_per_class_accuracy": [float(confusion[k, k] / n) if n else None for k, n in enumerate(examples)],
     }
 
 
@@ -163,16 +238,19 @@ class Run:
     from a failure while running."""
 
     def __init__(self, config: RunConfig, *, backend: Backend | None = None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None,
+                 test_progress: Callable[[int, int], None] | None = None):
         self.config, self.progress = config, progress
         self.run_dir: Path | None = None
         self._metrics = None
+        self.last_row: dict = {}                  # the latest metrics row: where an interruption stopped
         self.components = build(config, backend=backend, on_step=self._on_step,
-                                on_checkpoint=self._on_checkpoint)
+                                on_checkpoint=self._on_checkpoint, on_test=test_progress)
         if config.train.compare_with:             # refuse a comparison that cannot run, now
             build(comparison_config(config, 1)).backend.close()
 
     def _on_step(self, row: dict) -> None:
+        self.last_row = row
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         if self.progress:
@@ -215,11 +293,20 @@ class Run:
         """Train and write the run folder. ``resume``: ``run_dir`` holds an interrupted run of
         this config; it is replayed from the start with the same seed, every answer already
         paid for read back from the answer store, and continues where it stopped."""
-        components = self.components
         self.run_dir = run_dir or new_run_dir(self.config)
+        self.finished = False
         if not resume:
             self.config = with_absolute_paths(self.config)
             atomic_write(self.run_dir / "config.toml", to_toml(self.config).encode())
+        try:
+            return self._train_and_write(resume, plot)
+        except KeyboardInterrupt:                 # Ctrl-C: unless the run had finished, say so in its folder
+            if not self.finished:
+                mark_interrupted(self.run_dir, self.last_row.get("step", 0), self.components.trainer.ledger.spent)
+            raise
+
+    def _train_and_write(self, resume: bool, plot: bool) -> tuple[Path, dict]:
+        components = self.components
         try:                                      # refused here: nothing was sent
             self._replaying = self._saved_checkpoint() if resume else None   # before the journal is opened
             recorder = self._recorder()
@@ -249,6 +336,8 @@ class Run:
             summary = finish_comparison(self.config, self.run_dir, summary)
         else:
             write_result(self.run_dir, summary)
+            (self.run_dir / INTERRUPTED).unlink(missing_ok=True)         # resumed and finished
+        self.finished = True
         if plot:
             from .plot import plot_run
             plot_run(self.run_dir, summary, result.history)
@@ -284,6 +373,7 @@ def finish_comparison(config: RunConfig, run_dir: Path, summary: dict) -> dict:
     keys = ("test_accuracy", "start_accuracy", "best_validation_accuracy", "steps", "queries", "wall_seconds")
     summary["comparison"] = {"method": pending["method"], "run_dir": folder.name, **{k: other[k] for k in keys}}
     write_result(run_dir, summary)
+    (run_dir / INTERRUPTED).unlink(missing_ok=True)          # the run and its comparison have finished
     return summary
 
 

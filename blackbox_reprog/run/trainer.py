@@ -19,7 +19,7 @@ from ..errors import Refusal
 from ..program.label_maps import LabelMap, target_accuracy
 from ..backends.ledger import BudgetExceeded, Ledger
 from ..backends.outputs import FLOOR
-from ..program.querying import examples_log_probs, programs_log_probs
+from ..program.querying import CHUNK, examples_log_probs, programs_log_probs
 from ..search.strategies import Search
 from ..program.transforms import Transform
 
@@ -39,9 +39,11 @@ class TrainingResult:
     best_validation_loss: float
     best_step: int
     steps: int
-    stopped: str                        # why training ended
+    stopped: str                        # why training ended: budget, max_steps, early, budget, retries included
     ledger: dict
     wall_seconds: float
+    start_validation: dict              # the zero program on validation: {"loss", "accuracy"} (step 0)
+    test_confusion: list[list[int]]     # (K, K) counts of the chosen program's test answers: row true, column predicted
 
 
 class Trainer:
@@ -51,16 +53,19 @@ class Trainer:
                  make_search: Callable[[torch.Tensor, Callable[[int], int]], Search], train: Dataset,
                  validation: Dataset,
                  test: Dataset, budget: int, batch_size: int, max_steps: int = 0,
-                 eval_every: int = 10, seed: int = 0,
+                 eval_every: int = 10, seed: int = 0, patience: int = 0,
                  on_step: Callable[[dict], None] | None = None,
-                 on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0):
+                 on_checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0,
+                 on_test: Callable[[int, int], None] | None = None):
         self.backend, self.transform, self.label_map = backend, transform, label_map
         self.loss = loss
         self.train_set, self.validation, self.test = train, validation, test
         self.batch_size = min(int(batch_size), len(train))
         self.max_steps, self.eval_every, self.seed = int(max_steps), max(int(eval_every), 1), int(seed)
-        self.on_step, self.on_checkpoint = on_step, on_checkpoint
+        self.patience = int(patience)       # validation passes without a lower loss before stopping; 0: never
+        self.on_step, self.on_checkpoint, self.on_test = on_step, on_checkpoint, on_test
         self.checkpoint_every = int(checkpoint_every)
+        self.stopped = ""                   # why training ended, once it has
         self.ledger = Ledger(backend, budget)
         self.theta = torch.zeros(transform.num_params, requires_grad=True)
         self.order_rng = np.random.default_rng(self.seed)          # batch order
@@ -71,7 +76,7 @@ class Trainer:
         self.search = make_search(self.theta, self.planned_steps)
         self.step_cost = self.search.population * self.batch_size
         # the smallest useful run: fit the map, validate the zero program, one step, validate it
-        minimum = self.probe_cost + self.map_cost + self.step_cost + 2 * self.validation_cost
+        minimum = self.budgeted_cost(1)
         if budget < minimum:
             probe = f"probe {self.probe_cost}, " if self.probe_cost else ""
             programs = f"{self.search.population} program{'s' if self.search.population != 1 else ''}"
@@ -95,6 +100,44 @@ class Trainer:
         per_step = population * self.batch_size + self.validation_cost / self.eval_every
         available = self.ledger.budget - self.probe_cost - self.map_cost - 2 * self.validation_cost
         return max(int(available // per_step), 1)
+
+    # ---- the cost of a run, before it starts ----------------------------------------------------
+    def validation_passes(self, steps: int) -> int:
+        """The zero program's, one every ``eval_every`` steps, and one after the last step."""
+        return 1 + math.ceil(steps / self.eval_every)
+
+    def budgeted_cost(self, steps: int) -> int:
+        """Budgeted queries a run of ``steps`` steps spends when nothing is sent again."""
+        return (self.probe_cost + self.map_cost + steps * self.step_cost
+                + self.validation_passes(steps) * self.validation_cost)
+
+    def affordable_steps(self) -> int:
+        """The steps the loop makes when nothing is sent again and nothing stops it early: the
+        most whose ``budgeted_cost`` fits the budget (``_can_step`` lets step s+1 go exactly when
+        budgeted_cost(s+1) fits), at most ``max_steps``. ``planned_steps``, the horizon of the
+        schedules, is a smooth estimate of the same that can fall a step or two short."""
+        after_start = self.ledger.budget - self.probe_cost - self.map_cost - self.validation_cost
+        cycle = self.eval_every * self.step_cost + self.validation_cost   # eval_every steps and their pass
+        full, rest = divmod(after_start, cycle)
+        # then a partial cycle: r more steps and the validation after the last of them
+        steps = full * self.eval_every + max(0, (rest - self.validation_cost) // self.step_cost)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def plan(self) -> dict:
+        """What the run will spend, per purpose, before it spends anything (``--dry-run``)."""
+        steps = self.affordable_steps()
+        passes = self.validation_passes(steps)
+        budgeted = self.budgeted_cost(steps)
+        return {"probe": self.probe_cost, "label-map": self.map_cost, "train": steps * self.step_cost,
+                "validate": passes * self.validation_cost, "test": 2 * len(self.test),
+                "budgeted": budgeted, "budget": self.ledger.budget, "unspent": self.ledger.budget - budgeted,
+                "steps": steps, "step": self.step_cost, "population": self.search.population,
+                "batch_size": self.batch_size, "validation_passes": passes,
+                "validation_size": self.validation_cost, "test_size": len(self.test),
+                "train_size": len(self.train_set), "eval_every": self.eval_every,
+                # why no more steps: max_steps, or the budget (one more step needs a budget this large)
+                "bound_by": "max_steps" if self.max_steps and steps == self.max_steps else "budget",
+                "one_more_step_budget": self.budgeted_cost(steps + 1), "patience": self.patience}
 
     # ---- queries -------------------------------------------------------------------------
     def log_probs(self, thetas: torch.Tensor, x: torch.Tensor, purpose: str) -> torch.Tensor:
@@ -136,14 +179,23 @@ class Trainer:
 
         best = {"loss": math.inf, "accuracy": None, "theta": self.theta.detach().clone(),
                 "map": self.label_map.state_dict(), "step": 0}
-        self._validate(0, best)
+        start = self._validate(0, best)
+        # step 0, the zero program, is a row too: the curve then shows what every step had to beat.
+        # Its training loss is the zero program's on the answers the map was fitted to (none
+        # were bought for a map fitted on nothing)
+        history: list[dict] = [{"step": 0, "queries": self.ledger.spent,
+                                "loss": None if latest is None else float(self.loss(self.label_map(latest), y_train))}]
+        if start:
+            history[0]["val_loss"], history[0]["val_accuracy"] = start
+        if self.on_step:
+            self.on_step(history[0])
 
         refit_every = self.label_map.refit_every or math.ceil(len(self.train_set) / self.batch_size)
         self.stream: list[int] = []
-        history: list[dict] = []
-        step = 0
+        step = stale = 0                     # stale: validation passes since the selection loss last fell
+        self.stopped = ""
         try:
-            while self._can_step(step):
+            while not self.stopped and self._can_step(step):
                 if len(self.stream) < self.batch_size:
                     self.stream.extend(self.order_rng.permutation(len(self.train_set)).tolist())
                 index, self.stream = self.stream[: self.batch_size], self.stream[self.batch_size:]
@@ -164,18 +216,23 @@ class Trainer:
                     validated = self._validate(step, best)
                     if validated:
                         row["val_loss"], row["val_accuracy"] = validated
+                        stale = 0 if best["step"] == step else stale + 1
+                        # early stopping: only when it saves something (another step was affordable)
+                        if self.patience and stale >= self.patience and self._can_step(step):
+                            self.stopped = "early"
                     row["queries"] = self.ledger.spent
                 history.append(row)
                 if self.on_step:
                     self.on_step(row)
                 if self.on_checkpoint and self.checkpoint_every and step % self.checkpoint_every == 0:
                     self.on_checkpoint(self.checkpoint(step))
-            stopped = "max_steps" if self.max_steps and step >= self.max_steps else "budget"
+            if not self.stopped:
+                self.stopped = "max_steps" if self.max_steps and step >= self.max_steps else "budget"
         except BudgetExceeded:
             # retries of a remote backend took what the next step needed; the last finished
             # step is still validated when what is left pays for it, so its program can be chosen
-            stopped = "budget, retries included"
-            if history and "val_loss" not in history[-1]:
+            self.stopped = "budget, retries included"
+            if history[-1]["step"] and "val_loss" not in history[-1]:
                 self._validate_after_retries(history, best)
         except BaseException:
             if self.on_checkpoint:        # keep what was paid for: the run can be resumed
@@ -186,15 +243,37 @@ class Trainer:
         # (the baseline the program must beat; a map refitted to a trained program would
         # understate it), then the chosen program with its map.
         self.label_map.load_state_dict(start_map)
-        start_accuracy = self.accuracy(torch.zeros_like(best["theta"]), self.test, "test")
+        total = 2 * len(self.test)
+        if self.on_test:
+            self.on_test(0, total)
+        start_accuracy = target_accuracy(self._test_logits(torch.zeros_like(best["theta"]), 0, total),
+                                         torch.as_tensor(self.test.y))
         self.label_map.load_state_dict(best["map"])
-        test_accuracy = self.accuracy(best["theta"], self.test, "test")
+        logits = self._test_logits(best["theta"], len(self.test), total)                  # (N, K)
+        y_test = torch.as_tensor(self.test.y)
+        confusion = torch.zeros(logits.shape[-1], logits.shape[-1], dtype=torch.long)    # (K, K)
+        confusion.index_put_((y_test, logits.argmax(dim=-1)), torch.ones(len(y_test), dtype=torch.long),
+                             accumulate=True)
         return TrainingResult(
             theta=best["theta"], label_map=self.label_map, history=history,
-            start_accuracy=start_accuracy, test_accuracy=test_accuracy,
+            start_accuracy=start_accuracy, test_accuracy=target_accuracy(logits, y_test),
             best_validation_accuracy=best["accuracy"], best_validation_loss=best["loss"],
-            best_step=best["step"], steps=step, stopped=stopped,
-            ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started)
+            best_step=best["step"], steps=step, stopped=self.stopped,
+            ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started,
+            start_validation={"loss": start[0], "accuracy": start[1]} if start else {},
+            test_confusion=confusion.tolist())
+
+    def _test_logits(self, theta: torch.Tensor, done: int, total: int) -> torch.Tensor:
+        """(N, K) target logits of the test split under θ (d,), sent in the calls a whole split
+        is always sent in (``CHUNK`` examples), each reported to ``on_test`` as it returns:
+        ``done`` test queries came before, of ``total``."""
+        x = torch.as_tensor(self.test.x)
+        parts = []
+        for i in range(0, len(x), CHUNK):
+            parts.append(examples_log_probs(self.transform, theta, x[i:i + CHUNK], self.ledger, "test"))  # (n, C)
+            if self.on_test:
+                self.on_test(done + min(i + CHUNK, len(x)), total)
+        return self.label_map(torch.cat(parts))
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the search on a batch: (losses of the programs scored (P,), each example's

@@ -31,6 +31,11 @@ def common_options(command):
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. --set estimator.directions=20."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--dry-run", is_flag=True,
+                     help="Print what the run would spend, per purpose, and stop: no query is sent, no run "
+                          "folder written."),
+        click.option("--price", type=click.FloatRange(min=0), metavar="P",
+                     help="Price per 1,000 queries: the plan and the summary say what the queries cost."),
     ]):
         command = option(command)
     return command

@@ -26,64 +26,194 @@ DEMO = {
 }
 
 
-def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None) -> None:
-    """Train ``config``; with ``run_dir``, resume the interrupted run in that folder."""
-    from tqdm import tqdm
+class Progress:
+    """The training bar (budgeted queries up to what the plan spends, or steps when max_steps
+    ends the run before the budget would) and the test pass's bar, on stderr. Every field
+    has a fixed width, so the bar keeps its width as the numbers change."""
 
-    from ...backends.base import BackendUnavailable
-    from ...run.runner import Run
-    bar = None
-    shown_name = Path(config.data.name).name        # the dataset's name, not the folder it is in
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt:>5}/{total_fmt} [{elapsed}<{remaining:>5}, {rate_fmt:>9}{postfix}]"
 
-    def progress(row: dict) -> None:
-        nonlocal bar
-        if quiet:
+    def __init__(self, name: str, quiet: bool):
+        self.name, self.quiet = name, quiet
+        self.bar = self.test_bar = self.trainer = None
+        self.status = ""
+        self.val: float | None = None                 # the latest validation accuracy
+
+    def start(self, trainer) -> None:
+        """Sized from the trainer's plan: a run that is not cut short ends at 100 %."""
+        self.trainer, plan = trainer, trainer.plan()
+        if trainer.bound_by_steps():                  # the budget does not bind: count steps
+            self.counted, self.total, self.unit = "step", trainer.max_steps, " steps"
+        else:
+            self.counted, self.total, self.unit = "queries", plan["budgeted"], "q"
+        self.step_width = len(str(plan["steps"]))
+
+    def _bar(self, desc: str, total: int, unit: str):
+        from tqdm import tqdm
+        return tqdm(total=total, unit=unit, unit_scale=True, dynamic_ncols=True, desc=desc, file=sys.stderr,
+                    bar_format=self.FORMAT, postfix=self.status or None)
+
+    def step(self, row: dict) -> None:
+        if self.quiet:
             return
-        if bar is None:                      # drawn at the first step, so a refusal found while
-            bar = tqdm(total=total, unit=unit, unit_scale=True, dynamic_ncols=True,   # starting
-                       desc=shown_name, file=sys.stderr)                               # stays one line
-        bar.update(row[counted] - bar.n)
-        postfix = {"step": row["step"], "loss": f"{row['loss']:.3f}"}
         if row.get("val_accuracy") is not None:
-            postfix["val"] = f"{row['val_accuracy']:.3f}"
-        bar.set_postfix(postfix, refresh=False)
+            self.val = row["val_accuracy"]
+        loss = "     -" if row["loss"] is None else f"{row['loss']:6.3f}"     # step 0 without training answers
+        val = "  -  " if self.val is None else f"{self.val:.3f}"
+        self.status = f"step {row['step']:>{self.step_width}}, loss {loss}, val {val}"
+        if self.bar is None:                  # drawn at step 0, so a refusal found while starting stays one line
+            self.bar = self._bar(self.name, self.total, self.unit)
+        if row[self.counted] > self.bar.total:    # retries spent more than the plan: the bar stays within 100 %
+            self.bar.total = row[self.counted]
+        self.bar.set_postfix_str(self.status, refresh=False)
+        self.bar.update(row[self.counted] - self.bar.n)
 
+    def test(self, done: int, total: int) -> None:
+        """The final test pass, after training: the training bar ends, saying why when short of 100 %."""
+        if self.quiet:
+            return
+        if self.test_bar is None:
+            if self.bar is not None and self.bar.n < self.bar.total:
+                stopped = self.trainer.stopped
+                self.bar.set_postfix_str(self.status + (", stopped early" if stopped == "early" else
+                                                         f", stopped: {stopped}"), refresh=False)
+            self.close()
+            self.status = ""
+            self.test_bar = self._bar(f"{self.name} test", total, "q")
+        self.test_bar.update(done - self.test_bar.n)
+
+    def close(self) -> None:
+        close(self.bar)
+        close(self.test_bar)
+        self.bar = self.test_bar = None
+
+
+def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None, price: float | None = None) -> None:
+    """Train ``config``; with ``run_dir``, resume the interrupted run in that folder."""
+    from ...backends.base import BackendUnavailable
+    from ...run.runner import Run, interrupted, run_dir_name
+    shown_name = Path(config.data.name).name        # the dataset's name, not the folder it is in
+    bars = Progress(shown_name, quiet)
     try:
-        job = Run(config, progress=progress)
+        job = Run(config, progress=bars.step, test_progress=bars.test)
     except Refusal as error:            # refused while building: nothing was spent, nothing drawn
         fail(str(error))
-    if job.components.trainer.bound_by_steps():      # the budget does not bind: count steps
-        counted, total, unit = "step", config.train.max_steps, " steps"
-    else:
-        counted, total, unit = "queries", config.budget, "q"
+    except KeyboardInterrupt:
+        _interrupted(None)
+    bars.start(job.components.trainer)
+    earlier = Path(config.out) / run_dir_name(config)
+    if run_dir is None and interrupted(earlier) is not None:
+        click.echo(f"note: {earlier} holds an interrupted run (`bbreprog resume {earlier}` continues it); this run "
+                   "starts over in a new folder", err=True)
     try:
         run_dir, summary = job.execute(run_dir, resume=run_dir is not None)
     except Refusal as error:                 # found wanting once running (a journal that does not hold up,
-        close(bar)                          # an endpoint that breaks its contract on every attempt)
+        bars.close()                         # an endpoint that breaks its contract on every attempt)
         fail(str(error))
     except BackendUnavailable as error:      # the model stopped answering: come back later
-        close(bar)
+        bars.close()
         fail(f"the model is unavailable: {error}; continue later with `bbreprog resume {job.run_dir}`",
               code=3)
+    except KeyboardInterrupt:                # Ctrl-C: the folder is marked INTERRUPTED
+        bars.close()
+        _interrupted(job.run_dir)
     except Exception as error:               # failed while running: the traceback is for a bug report
-        close(bar)
+        bars.close()
         traceback.print_exc()
         fail(f"the run stopped: {type(error).__name__}: {error}", code=1)
-    close(bar)
+    bars.close()
     q = summary["queries"]
     probe = f"probe {q['probe']:,} + " if q["probe"] else ""
     retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
     retried += _read_back(summary["billing"])
+    early = (f" (stopped early: {config.train.patience} validation passes without a lower loss)"
+             if summary["stopped"] == "early" else "")
     click.echo(
         f"\n{shown_name}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
         f"queries: {q['total']:,} = {probe}train {q['train']:,} + label-map {q['label-map']:,} + "
-        f"validate {q['validate']:,} + test {q['test']:,}{retried}; budget {summary['budget']:,}\n"
-        f"steps {summary['steps']}, chosen on validation (loss {summary['best_validation_loss']:.3f}, accuracy "
+        f"validate {q['validate']:,} + test {q['test']:,} (outside the budget){retried}; budget "
+        f"{summary['budget']:,}: {summary['budgeted_queries']:,} spent, {summary['unspent']:,} unspent\n"
+        f"steps {summary['steps']}{early}, chosen on validation (loss {summary['best_validation_loss']:.3f}, accuracy "
         f"{summary['best_validation_accuracy']:.3f}) at step "
         f"{summary['best_step']}, {summary['wall_seconds']:.0f} s\n"
         f"run folder: {run_dir}  (result.json, metrics.jsonl, accuracy.png)")
+    for note in against_the_zero_program(summary):
+        click.echo(note)
+    if price is not None:
+        billed = summary["billing"]["possibly_billed"]
+        click.echo(f"cost at {price:g} per 1,000 queries: {billed * price / 1000:,.2f} ({billed:,} queries possibly "
+                   "billed, the test pass included)")
     _echo_comparison(summary, run_dir)
+
+
+def _interrupted(folder: Path | None) -> None:
+    """Ctrl-C: one line on what was interrupted and how to go on, then exit code 1."""
+    from ...run.runner import interrupted
+    if folder is None:
+        click.echo("interrupted: before the run began; nothing was spent and no run folder was written", err=True)
+    else:
+        marker = interrupted(folder) or {}
+        click.echo(f"interrupted: the run in {folder} stopped at step {marker.get('step', 0)} after "
+                   f"{marker.get('queries', 0):,} budgeted queries; continue it with `bbreprog resume {folder}`",
+                   err=True)
+    sys.exit(1)
+
+
+def against_the_zero_program(s: dict) -> list[str]:
+    """What the run bought compared with sending θ = 0, said when it is nothing."""
+    zero_loss, zero_accuracy = s.get("start_validation_loss"), s.get("start_validation_accuracy")
+    if s["best_step"] == 0:
+        below = f" below the zero program's {zero_loss:.3f}" if zero_loss is not None else ""
+        return [f"note: the chosen program is the zero program: no step lowered the validation loss{below}, so "
+                f"the {s['queries']['train']:,} training queries bought no improvement (see accuracy.png)"]
+    notes = []
+    if zero_accuracy is not None and s["best_validation_accuracy"] <= zero_accuracy:
+        notes.append(f"note: the chosen program (step {s['best_step']}) is no better than the zero program on "
+                     f"validation: accuracy {s['best_validation_accuracy']:.3f} against {zero_accuracy:.3f} (it was "
+                     f"chosen for its lower validation loss, {s['best_validation_loss']:.3f} against {zero_loss:.3f})")
+    if s["test_accuracy"] < s["start_accuracy"]:
+        notes.append(f"note: the chosen program tested below the zero program: {s['test_accuracy']:.3f} against "
+                     f"{s['start_accuracy']:.3f}")
+    return notes
+
+
+def _dry_run(config: RunConfig, price: float | None) -> None:
+    """The plan: what the run would spend per purpose, with nothing sent and no folder written."""
+    from ...run.runner import plan
+    try:
+        p = plan(config)
+    except Refusal as error:
+        fail(str(error))
+    leftover = (f"train.max_steps = {p['steps']} ends training first" if p["bound_by"] == "max_steps" else
+                f"one more step needs a budget of {p['one_more_step_budget']:,}")
+    rows = [
+        ("probe", p["probe"], "one example first, to check the endpoint's answers" if p["probe"] else
+         "none: the model is not remote"),
+        ("label-map", p["label-map"], f"the map fitted once, on the {p['train_size']:,} training examples"
+         if p["label-map"] else "none: this map is fitted on nothing"),
+        ("train", p["train"], f"{p['steps']:,} steps × {p['step']:,} ({p['population']:,} program{'s' if p['population'] != 1 else ''} × batch {p['batch_size']})"),
+        ("validate", p["validate"], f"{p['validation_passes']:,} passes × {p['validation_size']:,} (the zero program, "
+         f"every {p['eval_every']} steps, after the last step)"),
+        ("budgeted", p["budgeted"], f"of the budget of {p['budget']:,}; {p['unspent']:,} stay unspent ({leftover})"),
+        ("test", p["test"], f"outside the budget: the chosen and the zero program on {p['test_size']:,} test examples"),
+        ("total", p["budgeted"] + p["test"], ""),
+    ]
+    click.echo(f"plan: {p['data']} on {p['model']}, {p['method']}, budget {p['budget']:,} (nothing is sent, no run "
+               "folder is written)")
+    for label, queries, what in rows:
+        click.echo(f"  {label:<10}{queries:>12,}   {what}".rstrip())
+    if p["patience"]:
+        click.echo(f"train.patience = {p['patience']}: training may stop sooner, after {p['patience']} validation "
+                   "passes without a lower validation loss; what it does not spend is not sent")
+    if "comparison" in p:
+        c = p["comparison"]
+        click.echo(f"then the compared run ({c['method']}, {c['steps']:,} steps): {c['budgeted']:,} budgeted + "
+                   f"{c['test']:,} test queries")
+    if price is not None:
+        planned, most = p["budgeted"] + p["test"], p["budget"] + p["test"]
+        click.echo(f"cost at {price:g} per 1,000 queries: {planned * price / 1000:,.2f} as planned, at most "
+                   f"{most * price / 1000:,.2f} (the whole budget, retries included, and the test pass)")
 
 
 def _read_back(bill: dict) -> str:
@@ -112,26 +242,36 @@ def _read_result(folder: Path) -> dict:
 
 @main.command()
 @common_options
-def demo(budget, seed, method, out, overrides, quiet):
+def demo(budget, seed, method, out, overrides, quiet, dry_run, price):
     """Reprogram the embedded pitch model CREPE-tiny (ONNX, black-box) to classify
     ItalyPowerDemand time series. About two minutes on two CPU cores."""
     try:
         config = load_config(base=DEMO, overrides=with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         fail(str(error))
-    _train(config, quiet)
+    if dry_run:
+        _dry_run(config, price)
+    else:
+        _train(config, quiet, price=price)
 
 
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @common_options
-def train(config_file, budget, seed, method, out, overrides, quiet):
-    """Train a program and a label map from a TOML config."""
+def train(config_file, budget, seed, method, out, overrides, quiet, dry_run, price):
+    """Train a program and a label map from a TOML config.
+
+    Every config key, with its default and allowed values, is listed in docs/cli.md (section
+    "bbreprog train CONFIG_FILE"); `bbreprog init` writes a commented config to start from.
+    --dry-run prints what the run would spend before anything is sent."""
     try:
         config = load_config(config_file, overrides=with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         fail(str(error))
-    _train(config, quiet)
+    if dry_run:
+        _dry_run(config, price)
+    else:
+        _train(config, quiet, price=price)
 
 
 @main.command()
@@ -173,9 +313,16 @@ def resume(run_dir, quiet):
 def evaluate(run_dir, data_name):
     """Test accuracy of a finished run's program (queries counted under 'test')."""
     from ...run.program import load_program
+    from ...run.runner import interrupted
+    folder = Path(run_dir)
+    marker = interrupted(folder)
+    if marker is not None and not (folder / "program.pt").is_file():
+        fail(f"expected a finished run folder, got {folder}, which was interrupted at step {marker.get('step', '?')}; "
+             f"continue it with `bbreprog resume {folder}`")
     try:
         program = load_program(run_dir)
         report = program.evaluate(data_name)
     except Refusal as error:
         fail(str(error))
+    report["test_accuracy"] = round(report["test_accuracy"], 4)   # result.json keeps every digit
     click.echo(json.dumps(report, indent=2))
