@@ -126,8 +126,8 @@ def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None, price: f
     probe = f"probe {q['probe']:,} + " if q["probe"] else ""
     retried = f", and {summary['retried_queries']:,} sent again after failures" if summary["retried_queries"] else ""
     retried += _read_back(summary["billing"])
-    early = (f" (stopped early: {config.train.patience} validation passes without a lower loss)"
-             if summary["stopped"] == "early" else "")
+    passes = f"{config.train.patience} validation pass{'es' if config.train.patience != 1 else ''}"
+    early = f" (stopped early: {passes} without a lower loss)" if summary["stopped"] == "early" else ""
     click.echo(
         f"\n{shown_name}: test accuracy {summary['test_accuracy']:.3f} "
         f"(zero program {summary['start_accuracy']:.3f}, majority class {summary['chance_accuracy']:.3f})\n"
