@@ -55,7 +55,8 @@ def test_parameters_set_for_another_kind_carry_over_where_the_new_kind_takes_the
     config = load_config(base=[base, method])
     assert config.estimator.as_dict() == {"kind": "spsa-gc", "directions": 5, "smoothing": 0.01,
                                           "gamma": 0.1, "beta": 0.9}
-    assert config.label_map.as_dict() == {"kind": "linear", "l2": 1e-3, "refit": True, "refit_every": 0}
+    assert config.label_map.as_dict() == {"kind": "linear", "l2": 1e-3, "refit": True, "refit_every": 0,
+                                          "cv_folds": 0}
     # within one layer the parameters are checked against that layer's kind
     with pytest.raises(ConfigError, match="unknown config key label_map.per_class for label_map.kind 'linear'"):
         load_config(base=[{"label_map": {"kind": "linear", "per_class": 5}}])
