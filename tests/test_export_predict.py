@@ -91,7 +91,7 @@ def test_predict_counts_one_query_per_input(finished, counted, tmp_path):
     assert result.stdout == f"37 predictions written to {tmp_path / 'out.csv'}; 37 queries spent\n"
     assert counted["examples"] == 37
     lines = (tmp_path / "out.csv").read_text().splitlines()
-    assert lines[0] == "input,label,score" and len(lines) == 38
+    assert lines[0] == "input,label,score,probability" and len(lines) == 38
 
 
 def test_predict_reads_series_one_per_line_and_prints_them(finished, counted, predicted, tmp_path):
@@ -101,7 +101,7 @@ def test_predict_reads_series_one_per_line_and_prints_them(finished, counted, pr
     assert result.exit_code == 0, result.output
     rows = [line.split(",") for line in result.stdout.splitlines()]
     expected = predicted["predictions"][:3]
-    assert rows[0] == ["input", "label", "score"]
+    assert rows[0] == ["input", "label", "score", "probability"]
     assert [r[:2] for r in rows[1:]] == [[str(i), p["label"]] for i, p in enumerate(expected)]
     assert [float(r[2]) for r in rows[1:]] == pytest.approx([p["score"] for p in expected], abs=1e-5)
     assert result.stderr == "3 queries spent\n" and counted["examples"] == 3

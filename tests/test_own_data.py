@@ -207,7 +207,7 @@ def test_predict_on_the_labelled_test_file_scores_it_as_the_run_did(waves, tmp_p
     result = invoke("predict", waves["run"], waves["folder"] / "waves_TEST.csv", "-o", out)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["input", "label", "score", "true_label"]
+    assert list(rows[0]) == ["input", "label", "score", "probability", "true_label"]
     assert [r["true_label"] for r in rows] == waves["y_test"] and len(rows) == 30 and CALLS["examples"] == 30
     correct = sum(r["label"] == r["true_label"] for r in rows)
     assert correct / 30 == pytest.approx(waves["result"]["test_accuracy"])       # the run's own test pass
@@ -225,7 +225,7 @@ def test_predict_on_unlabelled_series_with_a_header_has_no_true_label(waves, tmp
     write(tmp_path / "new.csv", header + "\n" + "\n".join(",".join(map(repr, row)) for row in x.tolist()) + "\n")
     result = invoke("predict", waves["run"], tmp_path / "new.csv")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == "input,label,score" and len(result.stdout.splitlines()) == 4
+    assert result.stdout.splitlines()[0] == "input,label,score,probability" and len(result.stdout.splitlines()) == 4
     assert result.stderr == "3 queries spent\n"
 
 

@@ -86,7 +86,7 @@ def test_a_run_folder_written_by_a0caef1_still_evaluates_predicts_and_reports(tm
     done = subprocess.run([BBREPROG, "evaluate", str(folder)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     evaluated = json.loads(done.stdout)
-    assert evaluated["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
+    assert evaluated["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-4)   # printed to 4 places
     assert evaluated["examples"] == recorded["data"]["test"]
     splits = make_splits("ItalyPowerDemand", validation_fraction=0.25, seed=0)
     inputs = tmp_path / "new.npy"

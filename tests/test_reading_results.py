@@ -33,15 +33,21 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def journaled(tmp_path_factory):
-    """A short demo run that kept every answer it bought (train.journal on), and the same run
-    without its answer store and journal (a plain local run's folder)."""
+    """A short demo run that kept every answer it bought (train.journal on), as training wrote
+    it ("trained", program.pt with its calibration entry); the same run as a run written before
+    training saved one ("run": the entry removed), and that without its answer store and
+    journal (a plain local run's folder)."""
     out = tmp_path_factory.mktemp("runs")
     config = load_config(base=DEMO, budget=2000, seed=0, out=str(out),
-                         overrides=["train.batch_size=16", "train.eval_every=2", 'name="kept"', 'train.journal="on"'])
-    run_dir, summary = Run(config).execute()
-    plain = out / "plain"
+                         overrides=["train.batch_size=16", "train.eval_every=2", 'name="trained"', 'train.journal="on"'])
+    trained, summary = Run(config).execute()
+    run_dir, plain = out / "kept", out / "plain"
+    shutil.copytree(trained, run_dir)
+    state = torch.load(run_dir / "program.pt", weights_only=True)
+    del state["calibration"]
+    torch.save(state, run_dir / "program.pt")
     shutil.copytree(run_dir, plain, ignore=shutil.ignore_patterns("answers", "journal.jsonl"))
-    return {"run": run_dir, "plain": plain, "summary": summary}
+    return {"trained": trained, "run": run_dir, "plain": plain, "summary": summary}
 
 
 def predicted(run_dir, tmp_path, *options):
@@ -115,6 +121,22 @@ def test_without_a_calibration_there_are_scores_only(journaled, counted, tmp_pat
     _, report = predicted(journaled["plain"], tmp_path)
     assert report["calibration"] is None and "probability" not in report["predictions"][0]
     assert counted["examples"] == 2 * 1029
+
+
+def test_training_saves_the_chosen_programs_validation_scores_and_predict_calibrates_on_them(journaled, counted,
+                                                                                            tmp_path):
+    """No flag, no query: the scores training computed to choose the program, the same T as
+    --calibrate finds reading the same answers back."""
+    summary = journaled["summary"]
+    saved = torch.load(journaled["trained"] / "program.pt", weights_only=True)["calibration"]
+    assert saved["scores"].shape == (summary["data"]["validation"], 2)
+    result, report = predicted(journaled["trained"], tmp_path)
+    assert counted["examples"] == 1029 and report["calibration"]["queries"] == 0
+    assert report["calibration"]["answers"] == "saved in program.pt by training"
+    assert report["calibration"]["validation_nll_plain_softmax"] == pytest.approx(summary["best_validation_loss"],
+                                                                                  rel=1e-4)
+    _, read_back = predicted(journaled["run"], tmp_path, "--calibrate")
+    assert report["calibration"]["temperature"] == pytest.approx(read_back["calibration"]["temperature"], rel=1e-4)
 
 
 def test_validation_scores_saved_in_program_pt_calibrate_without_a_flag(journaled, counted, tmp_path):

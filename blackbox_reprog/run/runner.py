@@ -348,7 +348,11 @@ def program_state(config: RunConfig, components: Components, result: TrainingRes
     """program.pt: everything the finished program is, enough to rebuild it alone."""
     program = Program(components.trainer.transform, result.label_map, result.theta,
                       list(components.splits.train.classes), components.backend.describe(), config)
-    return program.state(config.seed)
+    state = program.state(config.seed)
+    if result.validation_scores is not None:      # what predict calibrates its probabilities on (no query)
+        state["calibration"] = {"scores": result.validation_scores.float(),
+                                "labels": torch.as_tensor(components.splits.validation.y, dtype=torch.int64)}
+    return state
 
 
 def write_result(run_dir: Path, summary: dict) -> None:

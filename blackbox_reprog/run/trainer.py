@@ -44,6 +44,7 @@ class TrainingResult:
     wall_seconds: float
     start_validation: dict              # the zero program on validation: {"loss", "accuracy"} (step 0)
     test_confusion: list[list[int]]     # (K, K) counts of the chosen program's test answers: row true, column predicted
+    validation_scores: torch.Tensor | None = None   # (N_val, K) the chosen program's validation scores (calibration)
 
 
 class Trainer:
@@ -178,7 +179,7 @@ class Trainer:
         start_map = self.label_map.state_dict()             # the map as fitted to the zero program
 
         best = {"loss": math.inf, "accuracy": None, "theta": self.theta.detach().clone(),
-                "map": self.label_map.state_dict(), "step": 0}
+                "map": self.label_map.state_dict(), "step": 0, "scores": None}
         start = self._validate(0, best)
         # step 0, the zero program, is a row too: the curve then shows what every step had to beat.
         # Its training loss is the zero program's on the answers the map was fitted to (none
@@ -261,7 +262,7 @@ class Trainer:
             best_step=best["step"], steps=step, stopped=self.stopped,
             ledger=self.ledger.summary(), wall_seconds=time.perf_counter() - started,
             start_validation={"loss": start[0], "accuracy": start[1]} if start else {},
-            test_confusion=confusion.tolist())
+            test_confusion=confusion.tolist(), validation_scores=best["scores"])
 
     def _test_logits(self, theta: torch.Tensor, done: int, total: int) -> torch.Tensor:
         """(N, K) target logits of the test split under θ (d,), sent in the calls a whole split
@@ -337,7 +338,7 @@ class Trainer:
         loss, accuracy = float(self.loss(logits, y)), target_accuracy(logits, y)
         if loss < best["loss"]:
             best.update(loss=loss, accuracy=accuracy, theta=self.theta.detach().clone(),
-                        map=self.label_map.state_dict(), step=step)
+                        map=self.label_map.state_dict(), step=step, scores=logits.detach().clone())
         return loss, accuracy
 
     def checkpoint(self, step: int) -> dict:
