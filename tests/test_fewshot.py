@@ -188,7 +188,7 @@ def test_the_axes_run_and_their_table_shows_shots_by_answers(tmp_path):
     run = CliRunner().invoke(main, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "serial",
                                     "--quiet"])
     assert run.exit_code == 0, (run.output, run.exception)
-    assert "UnitTest: a black-box method beat every baseline in" in run.output
+    assert "UnitTest: a black-box method beat every baseline in" in run.output and "on the zero program" in run.output
     results = json.loads((out / "results.json").read_text())
     assert results["shots"] == [1, 3] and results["answers"] == ["scores", "label"]
     done = [c for c in results["cells"] if c["status"] == "done"]
@@ -198,8 +198,9 @@ def test_the_axes_run_and_their_table_shows_shots_by_answers(tmp_path):
     assert all(0 <= c["test_accuracy"] <= 1 for c in done)
     head = next(c for c in done if c["id"] == "UnitTest/linear-head/any-shots3-scores-s0")
     assert head["detail"]["l2"] in LABEL_MAPS.cls("linear").grid and head["queries"] == 4    # 2 train a class
-    assert set(results["margins"]["UnitTest"]) == {"1 shot, scores", "1 shot, label", "3 shots, scores",
-                                                   "3 shots, label"}
+    for by_pair in results["margins"].values():              # against every baseline, and the zero program's
+        assert set(by_pair["UnitTest"]) == {"1 shot, scores", "1 shot, label", "3 shots, scores", "3 shots, label"}
+    assert set(results["margins"]) == {"every baseline", "the best map or head on the zero program's answers"}
     table = (out / "results.md").read_text()
     assert "| method | 1 shot, scores | 1 shot, label | 3 shots, scores | 3 shots, label |" in table
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table.splitlines()
@@ -207,6 +208,7 @@ def test_the_axes_run_and_their_table_shows_shots_by_answers(tmp_path):
     assert rows["BLM+"][1] == "n/a" and rows["BLM+"][3] == "n/a |"
     assert rows["from scratch"][0] == rows["from scratch"][1]              # the same cell under each answers
     assert "ZO, 300 q" in rows and "*best black-box − best baseline*" in rows
+    assert "*best black-box − best zero-program map or head*" in rows
     assert "- `n/a` in 1 shot, label, 3 shots, label: label_map 'blm+' needs scores; label answers have none." in table
     assert (out / "UnitTest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = CliRunner().invoke(main, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "serial",

@@ -5,8 +5,10 @@ answers with its top-k or its label only, does a program found from the answers 
 baseline that needs none (a map or head fitted to the zero program's answers, nearest
 neighbours on them, a network trained from scratch)? Each column is one (shots, answers); a
 baseline is one row, a trained method one row per budget. The best entry of each column is in
-bold (the white-box bound is no contender), and the last row is the best black-box method's
-mean minus the best baseline's, in accuracy points: positive where reprogramming paid.
+bold (the white-box bound is no contender). The last two rows are the best black-box method's
+mean minus the best baseline's, in accuracy points, positive where reprogramming paid: against
+every baseline, and against the maps and heads fitted to the zero program's answers alone (the
+same answers the program is found from; a network from scratch needs no model at all).
 """
 from __future__ import annotations
 
@@ -45,13 +47,18 @@ def contender(method: Method) -> bool:
     return method.settings.get("train.method") != "whitebox"
 
 
-def margin(suite: Suite, table: dict, shots, answers) -> float | None:
-    """The best black-box mean minus the best baseline mean of one column (None: one side is missing)."""
+#: the baselines each margin row compares with: every one, or those reading the zero program's answers
+AGAINST = {"every baseline": ("zero", "scratch"), "the best map or head on the zero program's answers": ("zero",)}
+
+
+def margin(suite: Suite, table: dict, shots, answers, against: tuple[str, ...] = ("zero", "scratch")) -> float | None:
+    """The best black-box mean minus the best mean of the ``against`` baselines in one column
+    (None: one side is missing)."""
     def best(wanted) -> float | None:
         means = [table[m.name][entry_key(m, b, shots, answers)]["mean"] for m, b in rows(suite)
                  if wanted(m) and entry_key(m, b, shots, answers) in table[m.name]]
         return max(means) if means else None
-    black_box, baseline = best(lambda m: m.black_box), best(lambda m: bool(m.baseline))
+    black_box, baseline = best(lambda m: m.black_box), best(lambda m: m.baseline in against)
     return None if black_box is None or baseline is None else black_box - baseline
 
 
@@ -63,8 +70,9 @@ def grid_sections(suite: Suite, results: dict) -> list[str]:
     lines = ["Columns: labelled examples per class the run may use (its validation split comes out of them; "
              "at 1 or 2 shots the training examples validate), then what the model answers (`backend.output`). "
              "A baseline spends one query per training example; a trained method's budget is in its row. "
-             "In bold, the best of each column; the last row is the best black-box method minus the best "
-             "baseline. `n/a`: the cell cannot run (below, why).", ""]
+             "In bold, the best of each column; the last two rows are the best black-box method minus the best "
+             "baseline, and minus the best map or head fitted to the zero program's answers (points; positive: "
+             "reprogramming paid). `n/a`: the cell cannot run (below, why).", ""]
     for pair in suite.pairs:
         lines += [f"## {pair.name}", ""]
         if pair.name in results["skipped"]:
@@ -97,9 +105,10 @@ def grid_sections(suite: Suite, results: dict) -> list[str]:
                              else "failed" if any(r["status"] == "failed" for r in found) else "–")
             label = method.label + (f", {budget:,} q" if budget is not None else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        margins = [margin(suite, table, n, a) for n, a in cols]
-        lines.append("| *best black-box − best baseline* | "
-                     + " | ".join("–" if d is None else f"{d:+.3f}" for d in margins) + " |")
+        for title, against in (("best baseline", ("zero", "scratch")), ("best zero-program map or head", ("zero",))):
+            differences = [margin(suite, table, n, a, against) for n, a in cols]
+            lines.append(f"| *best black-box − {title}* | "
+                         + " | ".join("–" if d is None else f"{d:+.3f}" for d in differences) + " |")
         lines.append("")
         if reasons:
             lines += [f"- `n/a` in {', '.join(dict.fromkeys(where))}: {reason}." for reason, where in reasons.items()]
@@ -109,25 +118,29 @@ def grid_sections(suite: Suite, results: dict) -> list[str]:
 
 
 def margins(suite: Suite, summary: dict) -> dict:
-    """Per pair and column title: the best black-box mean minus the best baseline mean (None: one is missing)."""
-    return {pair: {column_title(n, a): margin(suite, table, n, a) for n, a in columns(suite)}
-            for pair, table in summary.items()}
+    """Per comparison (AGAINST), pair and column title: the best black-box mean minus the best
+    baseline mean (None: one is missing)."""
+    return {name: {pair: {column_title(n, a): margin(suite, table, n, a, against) for n, a in columns(suite)}
+                   for pair, table in summary.items()} for name, against in AGAINST.items()}
 
 
 def grid_headline(results: dict) -> str:
-    """One line per pair: in how many columns a black-box method beat every baseline."""
+    """One line per pair: in how many columns a black-box method beat every baseline, and the
+    maps and heads on the zero program's answers."""
     lines = []
-    for pair, by_column in results["margins"].items():
+    for pair in results["summary"]:
         if pair in results["skipped"]:
             lines.append(f"{pair}: skipped ({results['skipped'][pair]})")
             continue
-        found = [(d, title) for title, d in by_column.items() if d is not None]
-        if not found:
-            lines.append(f"{pair}: no column with both a black-box and a baseline cell finished")
-            continue
-        d, title = max(found)
-        lines.append(f"{pair}: a black-box method beat every baseline in {sum(x > 0 for x, _ in found)} of "
-                     f"{len(found)} columns; largest margin {d:+.3f} at {title}")
+        parts = []
+        for name, by_pair in results["margins"].items():
+            found = [(d, title) for title, d in by_pair[pair].items() if d is not None]
+            if found:
+                d, title = max(found)
+                parts.append(f"beat {name} in {sum(x > 0 for x, _ in found)} of {len(found)} columns "
+                             f"(largest margin {d:+.3f} at {title})")
+        lines.append(f"{pair}: a black-box method " + "; ".join(parts) if parts else
+                     f"{pair}: no column with both a black-box and a baseline cell finished")
     return "\n".join(lines)
 
 
