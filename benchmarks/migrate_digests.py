@@ -71,6 +71,10 @@ def main() -> None:
     folders = sorted(p.parent for p in RESULTS.rglob("results.json") if (p.parent / "suite.toml").is_file())
     suites = [str((folder / "suite.toml").relative_to(ROOT)) for folder in folders]
     writers = {suite: args.before or last_commit(ROOT / Path(suite).with_name("results.json")) for suite in suites}
+    # a results.json never committed was written by the code at hand: nothing to carry
+    suites = [suite for suite in suites if writers[suite]]
+    writers = {suite: writers[suite] for suite in suites}
+    folders = [ROOT / Path(suite).parent for suite in suites]
     old: dict[str, dict[str, str]] = {}
     for commit in sorted(set(writers.values())):
         with tempfile.TemporaryDirectory() as tmp:
