@@ -37,7 +37,8 @@ except ImportError:                      # before 0.2 bench was one module
 out = {}
 for suite_path, records_path in zip(sys.argv[1::2], sys.argv[2::2]):
     suite = load_suite(suite_path)
-    cells = [Cell(r["pair"], r["method"], r["budget"], r["seed"])       # as recorded (--budgets may restrict)
+    cells = [Cell(r["pair"], r["method"], r["budget"], r["seed"],       # as recorded (--budgets may restrict)
+                  **{axis: r[axis] for axis in ("shots", "answers") if axis in r})
              for r in json.loads(Path(records_path).read_text())["cells"]]
     out[suite_path] = {cell.id: cell_digest(suite.config(cell, Path("/unused") / cell.id),
                                             suite.method(cell.method).baseline) for cell in cells}
