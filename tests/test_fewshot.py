@@ -3,6 +3,7 @@ labelled examples per class and validates on them; the linear head chooses its L
 cross-validation; a suite's ``shots`` and ``answers`` axes run and their table shows them;
 Fashion-MNIST is used when Debian's package is there and skipped, saying how to get it, when not."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ TINY = """
 name = "tiny-fewshot"
 budgets = [300]
 seeds = [0]
-shots = [1, 3]
+shots = [1, 3, 11]                   # UnitTest has 10 training examples a class: 11 shots are n/a
 answers = ["scores", "label"]
 
 [base]
@@ -150,10 +151,10 @@ label = "ZO"
 def test_a_suite_with_shots_and_answers_makes_a_cell_per_shots_and_answers(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     suite = load_suite(tmp_path / "tiny.toml")
-    assert suite.shots == (1, 3) and suite.answers == ("scores", "label")
+    assert suite.shots == (1, 3, 11) and suite.answers == ("scores", "label")
     ids = [cell.id for cell in suite.cells()]
     # the network trained from scratch sends no query: one cell per shots, not per answers
-    assert len(ids) == 2 * 2 * 3 + 2 and "UnitTest/scratch/any-shots1-s0" in ids
+    assert len(ids) == 3 * 2 * 3 + 3 and "UnitTest/scratch/any-shots1-s0" in ids
     assert "UnitTest/zo/300-shots3-label-s0" in ids and "UnitTest/linear-head/any-shots1-scores-s0" in ids
     config = suite.config(Cell("UnitTest", "zo", 300, 0, shots=3, answers="label"), tmp_path)
     assert (config.data.shots, config.backend.output) == (3, "label")
@@ -164,7 +165,7 @@ def test_a_suite_with_shots_and_answers_makes_a_cell_per_shots_and_answers(tmp_p
     assert not suite.inapplicable(Cell("UnitTest", "blm-plus", None, 0, shots=1, answers="scores"))
     narrowed = restricted(suite, shots="3", answers="label")
     assert narrowed.shots == (3,) and narrowed.answers == ("label",) and len(narrowed.cells()) == 4
-    with pytest.raises(SuiteError, match="expected --shots among 1, 3, got '16'"):
+    with pytest.raises(SuiteError, match="expected --shots among 1, 3, 11, got '16'"):
         restricted(suite, shots="16")
 
 
@@ -190,30 +191,39 @@ def test_the_axes_run_and_their_table_shows_shots_by_answers(tmp_path):
     assert run.exit_code == 0, (run.output, run.exception)
     assert "UnitTest: a black-box method beat every baseline in" in run.output and "on the zero program" in run.output
     results = json.loads((out / "results.json").read_text())
-    assert results["shots"] == [1, 3] and results["answers"] == ["scores", "label"]
+    assert results["shots"] == [1, 3, 11] and results["answers"] == ["scores", "label"]
     done = [c for c in results["cells"] if c["status"] == "done"]
-    skipped = [c for c in results["cells"] if c["status"] == "skipped"]
-    assert len(done) == 12 and {c["id"] for c in skipped} == {"UnitTest/blm-plus/any-shots1-label-s0",
-                                                              "UnitTest/blm-plus/any-shots3-label-s0"}
+    skipped = {c["id"]: c["reason"] for c in results["cells"] if c["status"] == "skipped"}
+    assert len(done) == 12 and len(skipped) == 9
+    assert skipped["UnitTest/blm-plus/any-shots3-label-s0"] == "label_map 'blm+' needs scores; label answers have none"
+    assert skipped["UnitTest/zo/300-shots11-scores-s0"] == skipped["UnitTest/scratch/any-shots11-s0"] == \
+        "expected at least 11 training examples of every class of 'UnitTest' for 11 shots, got 10 of class '1'"
     assert all(0 <= c["test_accuracy"] <= 1 for c in done)
     head = next(c for c in done if c["id"] == "UnitTest/linear-head/any-shots3-scores-s0")
     assert head["detail"]["l2"] in LABEL_MAPS.cls("linear").grid and head["queries"] == 4    # 2 train a class
     for by_pair in results["margins"].values():              # against every baseline, and the zero program's
-        assert set(by_pair["UnitTest"]) == {"1 shot, scores", "1 shot, label", "3 shots, scores", "3 shots, label"}
+        assert set(by_pair["UnitTest"]) == {f"{n}, {a}" for n in ("1 shot", "3 shots", "11 shots") for a in ("scores", "label")}
+        assert by_pair["UnitTest"]["11 shots, scores"] is None                        # nothing ran there
     assert set(results["margins"]) == {"every baseline", "the best map or head on the zero program's answers"}
     table = (out / "results.md").read_text()
     assert "| method | 1 shot, scores | 1 shot, label | 3 shots, scores | 3 shots, label |" in table
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
-    assert rows["BLM+"][1] == "n/a" and rows["BLM+"][3] == "n/a |"
+    assert rows["BLM+"][1] == rows["BLM+"][3] == "n/a" and rows["BLM+"][5] == "n/a |"
     assert rows["from scratch"][0] == rows["from scratch"][1]              # the same cell under each answers
     assert "ZO, 300 q" in rows and "*best black-box − best baseline*" in rows
     assert "*best black-box − best zero-program map or head*" in rows
-    assert "- `n/a` in 1 shot, label, 3 shots, label: label_map 'blm+' needs scores; label answers have none." in table
+    assert "- `n/a` in 1 shot, label, 3 shots, label, 11 shots, label: label_map 'blm+' needs scores; label answers have none." in table
+    assert rows["ZO, 300 q"][4:] == ["n/a", "n/a |"] and "| not run" not in table
     assert (out / "UnitTest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = CliRunner().invoke(main, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "serial",
                                       "--quiet"])
-    assert again.exit_code == 0 and "12 cells done (0 run now, 12 from an earlier run), 2 skipped" in again.output
+    assert again.exit_code == 0 and "12 cells done (0 run now, 12 from an earlier run), 9 skipped" in again.output
+    # a cell skipped for its config stays skipped, with its reason, in a report and in a fresh clone
+    shutil.rmtree(out / "cells")
+    report = CliRunner().invoke(main, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out), "--report"])
+    assert report.exit_code == 0 and "12 cells done (0 run now, 12 from an earlier run), 9 skipped" in report.output
+    assert "| not run" not in (out / "results.md").read_text()
 
 
 # ------------------------------------------------------------------------------- Fashion-MNIST

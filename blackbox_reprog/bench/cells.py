@@ -47,8 +47,12 @@ def run_cell(suite_path: str, cell: Cell, out: str, report: Callable[[str, dict]
     try:
         return _run(config, cell, method.baseline, folder, record, resume, report)
     except (BudgetTooSmall, TooFewShots) as error:   # one step costs more than the budget; a class lacks shots
+        # as final as a result for this config: kept (cell.json alone), so a report shows why, not "not run"
         shutil.rmtree(folder)
-        return {**record, "status": "skipped", "reason": str(error)}
+        folder.mkdir(parents=True)
+        record.update(status="skipped", reason=str(error))
+        write_cell_record(folder, record)
+        return record
 
 
 def _run(config: RunConfig, cell: Cell, baseline: str, folder: Path, record: dict, resume: bool,
@@ -92,7 +96,8 @@ def write_cell_record(folder: Path, record: dict) -> None:
 
 
 def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
-    """The cell's record from an earlier run of the suite, if it finished with the same config."""
+    """The cell's record from an earlier run of the suite, if it finished (or was skipped: its
+    budget cannot pay for one step, a class lacks the shots) with the same config."""
     path = out / "cells" / cell.id / "cell.json"
     if not path.is_file():
         return None
@@ -102,13 +107,13 @@ def finished_record(suite: Suite, cell: Cell, out: Path) -> dict | None:
         return None
     config = suite.config(cell, out / "cells" / cell.id)
     digest = cell_digest(config, suite.method(cell.method).baseline)
-    return record if record.get("status") == "done" and record.get("config_digest") == digest else None
+    return record if record.get("status") in ("done", "skipped") and record.get("config_digest") == digest else None
 
 
 def restore_recorded_cells(out: Path) -> int:
-    """Write back the ``cell.json`` of every finished cell that ``out/results.json`` lists and
-    whose folder is absent (a fresh clone: ``cells/`` is not committed); return how many.
-    Their config digests are checked later, as for any finished cell."""
+    """Write back the ``cell.json`` of every finished (or skipped) cell that ``out/results.json``
+    lists and whose folder is absent (a fresh clone: ``cells/`` is not committed); return how
+    many. Their config digests are checked later, as for any finished cell."""
     try:
         cells = json.loads((out / "results.json").read_text()).get("cells", [])
     except (OSError, ValueError, AttributeError):
@@ -116,7 +121,8 @@ def restore_recorded_cells(out: Path) -> int:
     root = (out / "cells").resolve()
     restored = 0
     for record in cells:
-        if not (isinstance(record, dict) and record.get("status") == "done" and isinstance(record.get("id"), str)):
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str) and (
+                record.get("status") == "done" or record.get("status") == "skipped" and "config_digest" in record)):
             continue
         folder = (root / record["id"]).resolve()
         if len(Path(record["id"]).parts) != 3 or not folder.is_relative_to(root) or folder.exists():
