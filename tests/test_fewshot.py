@@ -213,7 +213,7 @@ def test_the_axes_run_and_their_table_shows_shots_by_answers(tmp_path):
     assert rows["from scratch"][0] == rows["from scratch"][1]              # the same cell under each answers
     assert "ZO, 300 q" in rows and "*best black-box − best baseline*" in rows
     assert "*best black-box − best zero-program map or head*" in rows
-    assert "- `n/a` in 1 shot, label, 3 shots, label, 11 shots, label: label_map 'blm+' needs scores; label answers have none." in table
+    assert "- `n/a` in 1 shot, label; 3 shots, label; 11 shots, label: label_map 'blm+' needs scores; label answers have none." in table
     assert rows["ZO, 300 q"][4:] == ["n/a", "n/a |"] and "| not run" not in table
     assert (out / "UnitTest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = CliRunner().invoke(main, ["bench", str(tmp_path / "tiny.toml"), "--out", str(out), "--executor", "serial",

@@ -111,7 +111,7 @@ def grid_sections(suite: Suite, results: dict) -> list[str]:
                          + " | ".join("–" if d is None else f"{d:+.3f}" for d in differences) + " |")
         lines.append("")
         if reasons:
-            lines += [f"- `n/a` in {', '.join(dict.fromkeys(where))}: {reason}." for reason, where in reasons.items()]
+            lines += [f"- `n/a` in {'; '.join(dict.fromkeys(where))}: {reason}." for reason, where in reasons.items()]
             lines.append("")
         lines += [f"![{pair.name}]({pair.name}.png)", ""]
     return lines
