@@ -51,12 +51,15 @@ def digests(suite_paths: list[str], code: Path) -> dict[str, dict[str, str]]:
     and the suite files found under ``code`` (a checkout)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *(str(p) for p in (code / "plugins").glob("*"))])}
     records = [str(ROOT / Path(suite).with_name("results.json")) for suite in suite_paths]   # the ones to migrate
-    arguments = [part for pair in zip(suite_paths, records) for part in pair]
+    # the suite file as the checkout has it, or today's where the checkout predates the folder
+    readable = [suite if (code / suite).is_file() else str(ROOT / suite) for suite in suite_paths]
+    arguments = [part for pair in zip(readable, records) for part in pair]
     done = subprocess.run([sys.executable, "-c", DIGESTS, *arguments], cwd=code, env=env,
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"expected the code under {code} to compute digests, got:\n{done.stderr}")
-    return json.loads(done.stdout)
+    computed = json.loads(done.stdout)
+    return {suite: computed[spelled] for suite, spelled in zip(suite_paths, readable)}
 
 
 def last_commit(path: Path) -> str:
