@@ -80,7 +80,7 @@ def test_train_writes_the_run_folder_and_evaluate_and_predict_read_it(tmp_path):
     predicted = invoke("predict", str(run), "Coffee", "-o", str(out))
     assert predicted.exit_code == 0 and "28 predictions" in predicted.stdout
     lines = out.read_text().splitlines()
-    assert lines[0] == "input,label,score" and len(lines) == 29 and {l.split(",")[1] for l in lines[1:]} <= {"0", "1"}
+    assert lines[0] == "input,label,score,probability" and len(lines) == 29 and {l.split(",")[1] for l in lines[1:]} <= {"0", "1"}
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
