@@ -190,6 +190,7 @@ _LIMITS = {  # key: (lowest allowed, whether the lowest itself is allowed)
     "budget": (0, True), "train.batch_size": (1, True), "train.max_steps": (0, True),
     "train.eval_every": (1, True), "train.checkpoint_every": (0, True), "train.patience": (0, True),
     "backend.k": (1, True), "evolution.popsize": (1, True), "evolution.sigma": (0, False), "data.length": (0, True),
+    "data.shots": (0, True),
     "data.validation_fraction": (0, False), "data.test_fraction": (0, False),
 }
 
