@@ -88,6 +88,14 @@ class Progress:
         self.bar = self.test_bar = None
 
 
+def _plan_or_train(config: RunConfig, quiet: bool, dry_run: bool, price: float | None) -> None:
+    """demo and train alike: print the cost plan (--dry-run), or train."""
+    if dry_run:
+        _dry_run(config, price)
+    else:
+        _train(config, quiet, price=price)
+
+
 def _train(config: RunConfig, quiet: bool, run_dir: Path | None = None, price: float | None = None) -> None:
     """Train ``config``; with ``run_dir``, resume the interrupted run in that folder."""
     from ...backends.base import BackendUnavailable
@@ -249,10 +257,7 @@ def demo(budget, seed, method, out, overrides, quiet, dry_run, price):
         config = load_config(base=DEMO, overrides=with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         fail(str(error))
-    if dry_run:
-        _dry_run(config, price)
-    else:
-        _train(config, quiet, price=price)
+    _plan_or_train(config, quiet, dry_run, price)
 
 
 @main.command()
@@ -268,10 +273,7 @@ def train(config_file, budget, seed, method, out, overrides, quiet, dry_run, pri
         config = load_config(config_file, overrides=with_method(overrides, method), budget=budget, seed=seed, out=out)
     except ConfigError as error:
         fail(str(error))
-    if dry_run:
-        _dry_run(config, price)
-    else:
-        _train(config, quiet, price=price)
+    _plan_or_train(config, quiet, dry_run, price)
 
 
 @main.command()
